@@ -1,0 +1,314 @@
+"""Tokenizers behind one interface: SentencePiece BPE (trained here) and WordPiece (imported).
+
+Both kinds give ids without special tokens from `encode`, and `build_inputs` adds BERT's
+`[CLS] A [SEP] (B [SEP])` framing with segment ids, so the model code never needs to know
+which kind it was given. Special tokens are never produced from literal text: a "[MASK]"
+typed in a document stays ordinary characters, so data cannot inject control tokens.
+
+A tokenizer directory holds `tokenizer_config.json` plus either `spm.model` (SentencePiece)
+or `vocab.txt` (WordPiece, the file layout of HF BERT checkpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from typing import Iterable, Sequence
+
+from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import read_json, write_json
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+CONFIG_FILE = "tokenizer_config.json"
+SPM_FILE = "spm.model"
+VOCAB_FILE = "vocab.txt"
+
+
+class Tokenizer:
+  """The interface every tokenizer kind implements."""
+
+  kind: str
+  lowercase: bool
+
+  # --- implemented by each kind -------------------------------------------------------------
+  @property
+  def vocab_size(self) -> int:
+    raise NotImplementedError
+
+  def token_to_id(self, token: str) -> int | None:
+    raise NotImplementedError
+
+  def id_to_token(self, index: int) -> str:
+    raise NotImplementedError
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Ids for each text, without special tokens."""
+    raise NotImplementedError
+
+  def decode(self, ids: Iterable[int]) -> str:
+    raise NotImplementedError
+
+  def is_word_start(self, ids: Sequence[int]) -> list[bool]:
+    """True where a token begins a new word (for whole-word masking)."""
+    raise NotImplementedError
+
+  def save(self, directory: str) -> None:
+    raise NotImplementedError
+
+  # --- shared --------------------------------------------------------------------------------
+  def _special_id(self, token: str) -> int:
+    index = self.token_to_id(token)
+    if index is None:
+      raise FlaxbertError(f"tokenizer vocabulary has no {token} token")
+    return index
+
+  def _init_special_ids(self) -> None:
+    self.pad_id = self._special_id(PAD)
+    self.unk_id = self._special_id(UNK)
+    self.cls_id = self._special_id(CLS)
+    self.sep_id = self._special_id(SEP)
+    self.mask_id = self._special_id(MASK)
+    self.special_ids = frozenset(
+        (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id))
+
+  def encode(self, text: str) -> list[int]:
+    return self.encode_batch([text])[0]
+
+  def tokenize(self, text: str) -> list[str]:
+    return [self.id_to_token(i) for i in self.encode(text)]
+
+  def build_inputs(self, a_ids: Sequence[int], b_ids: Sequence[int] | None = None,
+                   max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """`[CLS] A [SEP] (B [SEP])` and segment ids, truncating the longer side first.
+
+    Truncation removes one token at a time from the end of the currently longer segment,
+    which is what BERT's run_classifier and HF's `longest_first` strategy do.
+    """
+    a, b = list(a_ids), (list(b_ids) if b_ids is not None else None)
+    if max_length is not None:
+      budget = max_length - (3 if b is not None else 2)
+      if budget < (2 if b is not None else 1):
+        raise FlaxbertError(f"max_length {max_length} leaves no room for text")
+      while len(a) + (len(b) if b is not None else 0) > budget:
+        if b is not None and len(b) > len(a):
+          b.pop()
+        else:
+          a.pop()
+    ids = [self.cls_id] + a + [self.sep_id]
+    segments = [0] * len(ids)
+    if b is not None:
+      ids += b + [self.sep_id]
+      segments += [1] * (len(b) + 1)
+    return ids, segments
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model whose [PAD] [UNK] [CLS] [SEP] [MASK] pieces are ids 0..4."""
+
+  kind = "sentencepiece"
+
+  def __init__(self, model_file: str, lowercase: bool = False):
+    import sentencepiece as spm
+    if not os.path.isfile(model_file):
+      raise FlaxbertError(f"{model_file}: no such SentencePiece model")
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=model_file)
+    except (OSError, RuntimeError) as e:
+      raise FlaxbertError(f"{model_file}: not a SentencePiece model ({e})") from None
+    self._model_file = model_file
+    self.lowercase = lowercase
+    self._init_special_ids()
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def token_to_id(self, token):
+    index = self._sp.piece_to_id(token)
+    # piece_to_id maps unknown pieces to the unk id; only [UNK] itself may map there.
+    return None if index == self._sp.unk_id() and token != UNK else index
+
+  def id_to_token(self, index):
+    return self._sp.id_to_piece(int(index))
+
+  def encode_batch(self, texts):
+    # SentencePiece never emits control symbols for text, so "[MASK]" in text stays literal.
+    return self._sp.encode(list(texts), out_type=int)
+
+  def decode(self, ids):
+    return self._sp.decode([int(i) for i in ids if int(i) not in self.special_ids])
+
+  def is_word_start(self, ids):
+    return [self._sp.id_to_piece(int(i)).startswith("\u2581") or int(i) in self.special_ids
+            for i in ids]
+
+  def save(self, directory):
+    os.makedirs(directory, exist_ok=True)
+    target = os.path.join(directory, SPM_FILE)
+    if os.path.abspath(target) != os.path.abspath(self._model_file):
+      shutil.copyfile(self._model_file, target)
+    write_json(os.path.join(directory, CONFIG_FILE),
+                {"kind": self.kind, "lowercase": self.lowercase})
+
+
+class WordPieceTokenizer(Tokenizer):
+  """BERT's WordPiece, run by the `tokenizers` library, from a `vocab.txt`.
+
+  The pipeline is exactly HF's BertTokenizerFast: BertNormalizer (clean text, CJK spacing,
+  accent stripping that follows lowercasing unless set), BertPreTokenizer, WordPiece with
+  `##` continuations and 100-character words.
+  """
+
+  kind = "wordpiece"
+
+  def __init__(self, vocab_file: str, lowercase: bool = True, strip_accents: bool | None = None,
+               tokenize_chinese_chars: bool = True):
+    from tokenizers import Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    if not os.path.isfile(vocab_file):
+      raise FlaxbertError(f"{vocab_file}: no such vocabulary file")
+    vocab = _read_vocab(vocab_file)
+    if UNK not in vocab:
+      raise FlaxbertError(f"{vocab_file}: vocabulary has no {UNK} token")
+    tok = HFTokenizer(WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
+        strip_accents=strip_accents, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    self._tok = tok
+    self._vocab = vocab
+    self._inverse = {i: t for t, i in vocab.items()}
+    self._vocab_file = vocab_file
+    self.lowercase = lowercase
+    self.strip_accents = strip_accents
+    self.tokenize_chinese_chars = tokenize_chinese_chars
+    self._init_special_ids()
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self._vocab)
+
+  def token_to_id(self, token):
+    return self._vocab.get(token)
+
+  def id_to_token(self, index):
+    return self._inverse[int(index)]
+
+  def encode_batch(self, texts):
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids):
+    return self._tok.decode([int(i) for i in ids if int(i) not in self.special_ids])
+
+  def is_word_start(self, ids):
+    return [not self._inverse[int(i)].startswith("##") for i in ids]
+
+  def save(self, directory):
+    os.makedirs(directory, exist_ok=True)
+    target = os.path.join(directory, VOCAB_FILE)
+    if os.path.abspath(target) != os.path.abspath(self._vocab_file):
+      shutil.copyfile(self._vocab_file, target)
+    # HF's keys, so a saved directory also loads as a transformers BertTokenizer.
+    write_json(os.path.join(directory, CONFIG_FILE), {
+        "kind": self.kind, "tokenizer_class": "BertTokenizer",
+        "do_lower_case": self.lowercase, "strip_accents": self.strip_accents,
+        "tokenize_chinese_chars": self.tokenize_chinese_chars,
+        "unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS,
+        "mask_token": MASK})
+
+
+def load_tokenizer(directory: str) -> Tokenizer:
+  """Loads a tokenizer directory (ours, or an HF BERT checkpoint with vocab.txt)."""
+  if not os.path.isdir(directory):
+    raise FlaxbertError(f"{directory}: no such tokenizer directory")
+  config_path = os.path.join(directory, CONFIG_FILE)
+  config = read_json(config_path) if os.path.isfile(config_path) else {}
+  if os.path.isfile(os.path.join(directory, SPM_FILE)):
+    return SentencePieceTokenizer(os.path.join(directory, SPM_FILE),
+                                  lowercase=bool(config.get("lowercase", False)))
+  if os.path.isfile(os.path.join(directory, VOCAB_FILE)):
+    return WordPieceTokenizer(
+        os.path.join(directory, VOCAB_FILE),
+        lowercase=bool(config.get("do_lower_case", True)),
+        strip_accents=config.get("strip_accents"),
+        tokenize_chinese_chars=bool(config.get("tokenize_chinese_chars", True)))
+  raise FlaxbertError(f"{directory}: no {SPM_FILE} or {VOCAB_FILE}: not a tokenizer directory")
+
+
+def train_sentencepiece(inputs: Sequence[str], vocab_size: int, output: str, *,
+                        lowercase: bool = False, max_sentences: int = 2_000_000,
+                        seed: int = 0) -> SentencePieceTokenizer:
+  """Trains a BPE SentencePiece model (byte fallback on) on text files; returns it loaded.
+
+  At most `max_sentences` non-empty lines are used, drawn by reservoir sampling while
+  streaming the files, so a corpus larger than memory still trains in bounded memory.
+  """
+  import sentencepiece as spm
+  if vocab_size < len(SPECIAL_TOKENS) + 256 + 1:
+    raise FlaxbertError(f"vocab size {vocab_size} is too small: byte fallback alone needs "
+                        f"{len(SPECIAL_TOKENS) + 256 + 1}")
+  sample = _reservoir_sample_lines(inputs, max_sentences, seed)
+  if not sample:
+    raise FlaxbertError(f"no text found in {', '.join(inputs)}")
+  os.makedirs(output, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    text_file = os.path.join(tmp, "sample.txt")
+    with open(text_file, "w", encoding="utf-8") as f:
+      f.writelines(line + "\n" for line in sample)
+    prefix = os.path.join(tmp, "spm")
+    try:
+      spm.SentencePieceTrainer.train(
+          input=text_file, model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
+          byte_fallback=True, character_coverage=0.9995,
+          pad_id=0, pad_piece=PAD, unk_id=1, unk_piece=UNK, bos_id=-1, eos_id=-1,
+          control_symbols=[CLS, SEP, MASK],
+          normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+          max_sentence_length=1 << 16, shuffle_input_sentence=False,
+          num_threads=os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as e:
+      raise FlaxbertError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") \
+          from None
+    shutil.copyfile(prefix + ".model", os.path.join(output, SPM_FILE))
+  write_json(os.path.join(output, CONFIG_FILE),
+              {"kind": SentencePieceTokenizer.kind, "lowercase": lowercase})
+  return SentencePieceTokenizer(os.path.join(output, SPM_FILE), lowercase=lowercase)
+
+
+def _reservoir_sample_lines(paths: Sequence[str], k: int, seed: int) -> list[str]:
+  rng = random.Random(seed)
+  sample: list[str] = []
+  seen = 0
+  for path in paths:
+    if not os.path.isfile(path):
+      raise FlaxbertError(f"{path}: no such file")
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        line = line.strip()
+        if not line:
+          continue
+        seen += 1
+        if len(sample) < k:
+          sample.append(line)
+        else:
+          j = rng.randrange(seen)
+          if j < k:
+            sample[j] = line
+  return sample
+
+
+def _read_vocab(path: str) -> dict[str, int]:
+  vocab: dict[str, int] = {}
+  with open(path, encoding="utf-8") as f:
+    for index, line in enumerate(f):
+      token = line.rstrip("\n")
+      if token in vocab:
+        raise FlaxbertError(f"{path}:{index + 1}: duplicate token {token!r}")
+      vocab[token] = index
+  if not vocab:
+    raise FlaxbertError(f"{path}: empty vocabulary")
+  return vocab
+

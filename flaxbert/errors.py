@@ -1,0 +1,11 @@
+"""The one exception type that reaches users as a one-line message.
+
+Library code raises `FlaxbertError` for bad input (missing files, malformed data, shapes that
+disagree with a config, impossible settings). The `flaxbert` command catches it, prints
+`flaxbert: error: <message>` and exits non-zero, so users never see a traceback for their own
+mistakes. Anything else escaping is a bug in flaxbert and keeps its traceback.
+"""
+
+
+class FlaxbertError(Exception):
+  """A user-facing error: the message alone must say what is wrong and where."""
