@@ -19,10 +19,10 @@ def load(path, *, head=None):
   return _load(path, head=head)
 
 
-def get_model(name, *, head="pretraining", seed=0, **overrides):
+def get_model(name, *, head="pretraining", num_labels=None, seed=0, **overrides):
   """A freshly initialised preset, by GluonNLP name (`bert_12_768_12`, ...). See `models.factory`."""
   from flaxbert.models.factory import get_model as _get_model
-  return _get_model(name, head=head, seed=seed, **overrides)
+  return _get_model(name, head=head, num_labels=num_labels, seed=seed, **overrides)
 
 
 __all__ = ["BertConfig", "PRESETS", "FlaxbertError", "load", "get_model", "__version__"]

@@ -1,0 +1,180 @@
+"""The BERT encoder as functional Flax Linen modules.
+
+Embeddings (token + learned position + segment, LayerNorm, dropout), a scanned stack of
+post-LN Transformer layers (fused QKV self-attention, exact-erf GELU feed-forward), and a tanh
+pooler on [CLS]. Parameters are float32 and carry logical axis names; activations are pinned
+with logical constraints at block boundaries, so one rules list (training/mesh.py) shards both.
+Compute runs in `config.dtype`; LayerNorm statistics and softmax stay float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxbert.models import attention as attention_lib
+from flaxbert.models.config import BertConfig
+
+constrain = nn.with_logical_constraint
+
+
+def normal_init(config: BertConfig):
+  return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def logical(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+def activation(name: str):
+  if name == "gelu":
+    return functools.partial(nn.gelu, approximate=False)
+  if name in ("gelu_new", "gelu_pytorch_tanh"):
+    return functools.partial(nn.gelu, approximate=True)
+  return nn.relu
+
+
+def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+  # Two-pass variance (use_fast_variance=False) as in PyTorch, for bit-level parity.
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.dtype,
+                      param_dtype=jnp.float32, use_fast_variance=False,
+                      scale_init=logical(nn.initializers.ones, ("embed",)),
+                      bias_init=logical(nn.initializers.zeros, ("embed",)), name=name)
+
+
+def dense(config: BertConfig, features, names, name: str, axis=-1) -> nn.DenseGeneral:
+  """A dense layer whose kernel has logical axis `names`; its bias takes the output names."""
+  num_out = len(features) if isinstance(features, tuple) else 1
+  return nn.DenseGeneral(features, axis=axis, dtype=config.dtype, param_dtype=jnp.float32,
+                         kernel_init=logical(normal_init(config), names),
+                         bias_init=logical(nn.initializers.zeros, names[-num_out:]), name=name)
+
+
+class Embeddings(nn.Module):
+  config: BertConfig
+
+  def setup(self):
+    cfg = self.config
+    self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
+                                    embedding_init=logical(normal_init(cfg), ("vocab", "embed")))
+    self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                                        param_dtype=jnp.float32,
+                                        embedding_init=logical(normal_init(cfg), (None, "embed")))
+    self.token_type_embeddings = nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
+                                          param_dtype=jnp.float32,
+                                          embedding_init=logical(normal_init(cfg),
+                                                                 (None, "embed")))
+    self.layer_norm = layer_norm(cfg, "layer_norm")
+    self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+  def __call__(self, input_ids_BxL, segment_ids_BxL, position_ids_BxL, deterministic: bool):
+    x_BxLxD = (self.word_embeddings(input_ids_BxL)
+               + self.position_embeddings(position_ids_BxL)
+               + self.token_type_embeddings(segment_ids_BxL))
+    x_BxLxD = self.layer_norm(x_BxLxD)
+    x_BxLxD = self.dropout(x_BxLxD, deterministic=deterministic)
+    return constrain(x_BxLxD.astype(self.config.dtype), ("batch", "length", "embed"))
+
+  def word_table(self):
+    """The token embedding matrix (vocab x hidden), shared with the MLM decoder."""
+    return self.word_embeddings.embedding
+
+
+class SelfAttention(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+    cfg = self.config
+    n, h = cfg.num_heads, cfg.head_dim
+    # One fused projection for query, key and value: a single larger matmul.
+    qkv_BxLx3xNxH = dense(cfg, (3, n, h), ("embed", None, "heads", "kv"), "qkv")(x_BxLxD)
+    qkv_BxLx3xNxH = constrain(qkv_BxLx3xNxH, ("batch", "length", None, "heads", "kv"))
+    q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
+    use_dropout = not deterministic and cfg.attention_dropout > 0.0
+    out_BxLxNxH = attention_lib.attention(
+        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, kv_mask_BxT=mask_BxL,
+        dropout_rate=cfg.attention_dropout if use_dropout else 0.0,
+        dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        implementation=attention_lib.choose_implementation(cfg.attention_impl, cfg.dtype, h))
+    out_BxLxNxH = constrain(out_BxLxNxH, ("batch", "length", "heads", "kv"))
+    return dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out",
+                 axis=(-2, -1))(out_BxLxNxH)
+
+
+class EncoderLayer(nn.Module):
+  """Post-LN block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x)))."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+    cfg = self.config
+    attn_BxLxD = SelfAttention(cfg, name="attention")(x_BxLxD, mask_BxL, deterministic)
+    attn_BxLxD = nn.Dropout(cfg.hidden_dropout)(attn_BxLxD, deterministic=deterministic)
+    x_BxLxD = layer_norm(cfg, "attention_norm")(x_BxLxD + attn_BxLxD)
+    h_BxLxF = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxD)
+    h_BxLxF = constrain(activation(cfg.hidden_act)(h_BxLxF), ("batch", "length", "mlp"))
+    h_BxLxD = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h_BxLxF)
+    h_BxLxD = nn.Dropout(cfg.hidden_dropout)(h_BxLxD, deterministic=deterministic)
+    x_BxLxD = layer_norm(cfg, "output_norm")(x_BxLxD + h_BxLxD)
+    return constrain(x_BxLxD.astype(cfg.dtype), ("batch", "length", "embed")), None
+
+
+class Encoder(nn.Module):
+  """`num_layers` EncoderLayers under `nn.scan`: one compiled body, parameters stacked on a
+  leading 'layers' axis, optional rematerialisation of each layer."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+    cfg = self.config
+    layer = EncoderLayer
+    if cfg.remat:
+      layer = nn.remat(layer, prevent_cse=False, static_argnums=(3,))
+    stack = nn.scan(layer, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BxLxD, _ = stack(cfg, name="layers")(x_BxLxD, mask_BxL, deterministic)
+    return x_BxLxD
+
+
+class Pooler(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.config
+    return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", "mlp"), "dense")(x_BxLxD[:, 0]))
+
+
+class BertModel(nn.Module):
+  """Encoder + pooler. Returns (sequence output B x L x D, pooled B x D) in compute dtype."""
+
+  config: BertConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.config)
+    self.encoder = Encoder(self.config)
+    self.pooler = Pooler(self.config)
+
+  def __call__(self, input_ids_BxL, segment_ids_BxL=None, input_mask_BxL=None,
+               position_ids_BxL=None, deterministic: bool = True):
+    if segment_ids_BxL is None:
+      segment_ids_BxL = jnp.zeros_like(input_ids_BxL)
+    if input_mask_BxL is None:
+      input_mask_BxL = jnp.ones_like(input_ids_BxL)
+    if position_ids_BxL is None:
+      position_ids_BxL = jnp.broadcast_to(jnp.arange(input_ids_BxL.shape[1]),
+                                          input_ids_BxL.shape)
+    x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, position_ids_BxL, deterministic)
+    x_BxLxD = self.encoder(x_BxLxD, input_mask_BxL, deterministic)
+    return x_BxLxD, self.pooler(x_BxLxD)
+
+  def word_table(self):
+    return self.embeddings.word_table()
