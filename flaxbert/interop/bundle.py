@@ -153,7 +153,7 @@ def import_hf(directory: str, seed: int = 0) -> Bundle:
   labels = hf.hf_labels(hf_config, sd)
   model = build_model(config, head, len(labels) if labels else None)
   fresh = init_params(model, jax.random.key(seed))
-  params, missing = hf.params_from_hf(sd, config, jax.tree.map(np.asarray, fresh), source)
+  params, missing = hf.params_from_hf(sd, config, head, jax.tree.map(np.asarray, fresh), source)
   if missing:
     log.warning("flaxbert: %s has no %s head weights; initialised fresh: %s", source, head,
                 ", ".join(missing))

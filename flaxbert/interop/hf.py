@@ -30,6 +30,8 @@ _HEAD_GROUPS = {
     "classifier": "classifier.",
     "qa_outputs": "qa_outputs.",
 }
+# Heads whose HF models have no pooler (add_pooling_layer=False).
+_POOLERLESS_HEADS = ("tagging", "span_qa")
 _ARCHITECTURES = {
     "encoder": "BertModel", "pretraining": "BertForPreTraining",
     "classification": "BertForSequenceClassification",
@@ -127,8 +129,10 @@ def _encoder_from_hf(sd: dict[str, np.ndarray], p: str, config: BertConfig) -> d
           "output_norm": {k: layers(lambda lp, k=k: ln(lp + "output.LayerNorm")[k])
                           for k in ("scale", "bias")},
       }},
-      "pooler": {"dense": {"kernel": t("pooler.dense.weight").T,
-                           "bias": t("pooler.dense.bias")}},
+      # HF's token-classification and QA models have no pooler (add_pooling_layer=False).
+      "pooler": ({"dense": {"kernel": t("pooler.dense.weight").T,
+                            "bias": t("pooler.dense.bias")}}
+                 if p + "pooler.dense.weight" in sd else None),
   }
 
 
@@ -151,7 +155,7 @@ def _head_from_hf(sd: dict[str, np.ndarray], group: str) -> dict | None:
   return {"dense": {"kernel": sd[prefix + "weight"].T, "bias": sd[prefix + "bias"]}}
 
 
-def params_from_hf(sd: dict[str, np.ndarray], config: BertConfig, fresh: dict,
+def params_from_hf(sd: dict[str, np.ndarray], config: BertConfig, head: str, fresh: dict,
                    source: str) -> tuple[dict, list[str]]:
   """Fills the model's parameter tree `fresh` from HF tensors.
 
@@ -162,6 +166,10 @@ def params_from_hf(sd: dict[str, np.ndarray], config: BertConfig, fresh: dict,
   prefix = "bert." if any(k.startswith("bert.") for k in sd) else ""
   loaded = {"bert": _encoder_from_hf(sd, prefix, config)}
   missing = []
+  if loaded["bert"]["pooler"] is None:
+    loaded["bert"]["pooler"] = fresh["bert"]["pooler"]
+    if head not in _POOLERLESS_HEADS:
+      missing.append("pooler")
   for group in fresh:
     if group == "bert":
       continue
@@ -221,8 +229,9 @@ def params_to_hf(params: dict, config: BertConfig, head: str) -> dict[str, np.nd
     sd[lp + "output.dense.bias"] = ly["output"]["bias"][i]
     sd[lp + "output.LayerNorm.weight"] = ly["output_norm"]["scale"][i]
     sd[lp + "output.LayerNorm.bias"] = ly["output_norm"]["bias"][i]
-  sd[p + "pooler.dense.weight"] = b["pooler"]["dense"]["kernel"].T
-  sd[p + "pooler.dense.bias"] = b["pooler"]["dense"]["bias"]
+  if head not in _POOLERLESS_HEADS:
+    sd[p + "pooler.dense.weight"] = b["pooler"]["dense"]["kernel"].T
+    sd[p + "pooler.dense.bias"] = b["pooler"]["dense"]["bias"]
   for group, prefix in _HEAD_GROUPS.items():
     if group not in params:
       continue

