@@ -82,6 +82,11 @@ class _FlaxbertBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(data_dir=data_dir, config=tfds.core.BuilderConfig(name=name),
                      file_format="array_record")
 
+  def _info_with(self, **kwargs) -> tfds.core.DatasetInfo:
+    # Records stay in generation (file) order: evaluation output follows the input file, and
+    # the pipeline does its own seeded shuffling.
+    return self.dataset_info_from_configs(disable_shuffling=True, **kwargs)
+
   @property
   def tokenizer(self) -> Tokenizer:
     if self._tokenizer is None:
@@ -114,7 +119,7 @@ class PretrainingPairs(_FlaxbertBuilder):
   """
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+    return self._info_with(features=tfds.features.FeaturesDict({
         "input_ids": _INT_SEQUENCE,
         "nsp_label": tfds.features.Scalar(dtype=np.int32)}))
 
@@ -153,11 +158,11 @@ def _tokenize_documents(tokenizer: Tokenizer, documents: Iterator[list[str]],
       sentences = [np.asarray(ids, np.int32) for ids in (next(encoded) for _ in doc)]
       kept = [s for s in sentences if len(s)]
       if len(kept) < len(sentences):
-        skips.skip("sentences with no tokens", f"document {len(result)}")
+        skips.skip("sentences skipped: no tokens", f"document {len(result)}")
       if kept:
         result.append(kept)
       else:
-        skips.skip("documents with no tokens", f"document {len(result)}")
+        skips.skip("documents skipped: no tokens", f"document {len(result)}")
     pending.clear()
 
   for doc in documents:
@@ -188,7 +193,7 @@ class TextClassification(_FlaxbertBuilder):
   def _info(self):
     label = (tfds.features.Scalar(dtype=np.float32) if self.settings["regression"]
              else tfds.features.ClassLabel(names=self.settings["labels"]))
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+    return self._info_with(features=tfds.features.FeaturesDict({
         "input_ids": _INT_SEQUENCE, "segment_ids": _INT_SEQUENCE, "label": label}))
 
   def _generate_examples(self, split, paths, skips):
@@ -210,7 +215,7 @@ class TokenTagging(_FlaxbertBuilder):
     super().__init__(**kwargs)
 
   def _info(self):
-    return self.dataset_info_from_configs(
+    return self._info_with(
         features=tfds.features.FeaturesDict({
             "input_ids": _INT_SEQUENCE, "labels": _INT_SEQUENCE,
             "num_words": tfds.features.Scalar(dtype=np.int32)}),
@@ -230,7 +235,7 @@ class SquadFeatures(_FlaxbertBuilder):
   """
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+    return self._info_with(features=tfds.features.FeaturesDict({
         "input_ids": _INT_SEQUENCE, "segment_ids": _INT_SEQUENCE,
         "start_position": tfds.features.Scalar(dtype=np.int32),
         "end_position": tfds.features.Scalar(dtype=np.int32),
@@ -253,7 +258,7 @@ class ParallelText(_FlaxbertBuilder):
   """
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+    return self._info_with(features=tfds.features.FeaturesDict({
         "source_ids": _INT_SEQUENCE, "target_ids": _INT_SEQUENCE}))
 
   def _generate_examples(self, split, paths, skips):

@@ -51,7 +51,7 @@ def classification_examples(tokenizer: Tokenizer, paths: Sequence[str], max_seq_
       for (number, fields), a, b, target in zip(chunk, first, second, targets):
         budget = max_seq_length - (3 if b is not None else 2)
         if len(a) + (len(b) if b is not None else 0) > budget:
-          skips.skip("rows truncated to max_seq_length (kept)", f"{path}:{number}")
+          skips.skip("rows cut to max_seq_length", f"{path}:{number}")
         ids, segments = tokenizer.build_inputs(a, b, max_seq_length)
         yield f"{path}:{number}", {"input_ids": np.asarray(ids, np.int32),
                                    "segment_ids": np.asarray(segments, np.int32),
@@ -110,67 +110,42 @@ def tagging_examples(tokenizer: Tokenizer, paths: Sequence[str], max_seq_length:
 
 # --- SQuAD ----------------------------------------------------------------------------------
 
-def _split_words(context: str) -> tuple[list[str], list[int], list[int], list[int]]:
-  """Whitespace words with their character spans, and the word index of every character."""
-  words, starts, ends = [], [], []
-  char_to_word = []
-  in_word = False
-  for i, ch in enumerate(context):
-    if ch.isspace():
-      in_word = False
-    else:
-      if not in_word:
-        words.append(ch)
-        starts.append(i)
-        ends.append(i + 1)
-        in_word = True
-      else:
-        words[-1] += ch
-        ends[-1] = i + 1
-    char_to_word.append(len(words) - 1)
-  return words, starts, ends, char_to_word
-
-
 def squad_examples(tokenizer: Tokenizer, questions: list[dict], max_seq_length: int,
                    doc_stride: int, max_query_length: int, key_prefix: str = ""):
   """Windows of `[CLS] question [SEP] context-span [SEP]` over each context, as BERT's
   run_squad: a window that does not contain the answer points at [CLS] (position 0).
 
-  `token_char_start/end` give each context token's enclosing word span in the context, so
-  the answer text of a predicted (start, end) is `context[char_start[start]:char_end[end]]`.
-  `token_is_max_context` marks the window where a token has the most context on both sides.
+  `token_char_start/end` give each context token's character span in the context (-1 on
+  question and special tokens), so the text of a predicted (start, end) is
+  `context[char_start[start]:char_end[end]]`. `token_is_max_context` marks the window where
+  a token has the most context on both sides (BERT's rule for overlapping windows).
   """
-  words_cache: dict[str, tuple] = {}
+  context, tok_ids, spans_of = None, [], []
   for question in questions:
-    context = question["context"]
-    if context not in words_cache:
-      words, starts, ends, char_to_word = _split_words(context)
-      pieces = tokenizer.encode_batch(words) if words else []
-      tok_to_word = [w for w, p in enumerate(pieces) for _ in (p or [tokenizer.unk_id])]
-      tok_ids = [t for p in pieces for t in (p or [tokenizer.unk_id])]
-      first_tok = np.cumsum([0] + [len(p or [0]) for p in pieces]).tolist()
-      words_cache = {context: (starts, ends, char_to_word, tok_to_word, tok_ids, first_tok)}
-    starts, ends, char_to_word, tok_to_word, tok_ids, first_tok = words_cache[context]
+    if question["context"] != context:   # questions of a paragraph share its tokens
+      context = question["context"]
+      tok_ids, spans_of = tokenizer.encode_with_offsets(context)
     query = tokenizer.encode(question["question"])[:max_query_length]
     answer_tokens = None
     if question["answers"] and tok_ids:
       answer = question["answers"][0]
-      start_word = char_to_word[answer["answer_start"]]
-      end_word = char_to_word[answer["answer_start"] + len(answer["text"]) - 1]
-      answer_tokens = (first_tok[start_word], first_tok[end_word + 1] - 1)
+      begin, end = answer["answer_start"], answer["answer_start"] + len(answer["text"])
+      inside = [i for i, (s, e) in enumerate(spans_of) if s < end and e > begin]
+      if inside:
+        answer_tokens = (inside[0], inside[-1])
     doc_budget = max_seq_length - len(query) - 3
     if doc_budget < 1:
       raise FlaxbertError(f"max_seq_length {max_seq_length} leaves no room for the context "
                           f"after a {len(query)}-token question")
-    spans = []
+    windows = []
     span_start = 0
-    while span_start < len(tok_ids) or not spans:
+    while True:
       length = min(len(tok_ids) - span_start, doc_budget)
-      spans.append((span_start, length))
+      windows.append((span_start, length))
       if span_start + length >= len(tok_ids):
         break
       span_start += min(length, doc_stride)
-    for window, (span_start, length) in enumerate(spans):
+    for window, (span_start, length) in enumerate(windows):
       ids = [tokenizer.cls_id] + query + [tokenizer.sep_id]
       offset = len(ids)
       ids += tok_ids[span_start:span_start + length] + [tokenizer.sep_id]
@@ -179,10 +154,8 @@ def squad_examples(tokenizer: Tokenizer, questions: list[dict], max_seq_length: 
       char_end = [-1] * len(ids)
       max_context = [0] * len(ids)
       for i in range(length):
-        word = tok_to_word[span_start + i]
-        char_start[offset + i] = starts[word]
-        char_end[offset + i] = ends[word]
-        max_context[offset + i] = int(_is_max_context(spans, window, span_start + i))
+        char_start[offset + i], char_end[offset + i] = spans_of[span_start + i]
+        max_context[offset + i] = int(_is_max_context(windows, window, span_start + i))
       start_position = end_position = 0
       if answer_tokens and span_start <= answer_tokens[0] and \
           answer_tokens[1] < span_start + length:
@@ -221,7 +194,7 @@ def parallel_examples(tokenizer: Tokenizer, paths: Sequence[str], max_source_len
       targets = tokenizer.encode_batch([fields[1] for _, fields in chunk])
       for (number, _), src, tgt in zip(chunk, sources, targets):
         if len(src) >= max_source_length or len(tgt) >= max_target_length:
-          skips.skip("pairs cut to the maximum lengths (kept)", f"{path}:{number}")
+          skips.skip("pairs cut to the maximum lengths", f"{path}:{number}")
         yield f"{path}:{number}", {
             "source_ids": np.asarray(src[:max_source_length - 1] + [eos], np.int32),
             "target_ids": np.asarray(tgt[:max_target_length - 1] + [eos], np.int32)}

@@ -24,7 +24,7 @@ MAX_LINE_CHARS = 100_000
 
 
 class SkipCounter:
-  """Counts skipped records per reason and remembers where each reason first occurred."""
+  """Counts records skipped or altered (cut to length), per reason, with the first place."""
 
   def __init__(self, what: str):
     self.what = what
@@ -37,7 +37,7 @@ class SkipCounter:
 
   def log(self) -> None:
     for reason, count in sorted(self.counts.items()):
-      log.warning("%s: skipped %d %s (first at %s)", self.what, count, reason, self.first[reason])
+      log.warning("%s: %d %s (first at %s)", self.what, count, reason, self.first[reason])
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
@@ -67,14 +67,14 @@ def iter_documents(paths: Sequence[str], skips: SkipCounter,
       line = line.strip()
       if not line:
         if had_lines and not sentences:
-          skips.skip("documents left empty by skipped lines", f"{path}:{number}")
+          skips.skip("documents skipped: all their lines were skipped", f"{path}:{number}")
         if sentences:
           yield sentences
         sentences, had_lines = [], False
         continue
       had_lines = True
       if len(line) > max_line_chars:
-        skips.skip(f"lines over {max_line_chars} characters", f"{path}:{number}")
+        skips.skip(f"lines skipped: over {max_line_chars} characters", f"{path}:{number}")
         continue
       sentences.append(line)
     if sentences:
@@ -184,9 +184,9 @@ def read_squad(path: str, skips: SkipCounter) -> list[dict]:
         good = [a for a in answers
                 if context[a["answer_start"]:a["answer_start"] + len(a["text"])] == a["text"]]
         if len(good) < len(answers):
-          skips.skip("answers whose answer_start does not match the text", f"{where} id {qid}")
+          skips.skip("answers skipped: answer_start does not point at the text", f"{where} id {qid}")
         if answers and not good:
-          skips.skip("questions left without a matching answer", f"{where} id {qid}")
+          skips.skip("questions skipped: no answer points at its text", f"{where} id {qid}")
           continue
         questions.append({"id": qid, "question": question, "context": context, "answers": good})
   return questions
