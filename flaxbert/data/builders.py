@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import sys
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -287,5 +288,7 @@ def prepare(builder_class: type[_FlaxbertBuilder], *, sources: dict[str, Sequenc
   with _lock(os.path.join(data_dir, f"{builder.name}-{builder.builder_config.name}.lock")):
     if not builder.is_prepared():
       log.info("preparing %s in %s", builder.name, builder.data_dir)
-      builder.download_and_prepare(file_format="array_record")
+      # TFDS prints its progress to stdout; keep stdout for the caller's own output (JSON).
+      with contextlib.redirect_stdout(sys.stderr):
+        builder.download_and_prepare(file_format="array_record")
   return builder

@@ -130,11 +130,9 @@ def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_di
       max_predictions=max_predictions, whole_word=whole_word)
 
   def load(rows: np.ndarray) -> dict[str, np.ndarray]:
-    examples = []
-    for epoch, index in rows.tolist():
-      record = source[index]
-      examples.append(masker(record["input_ids"], record["nsp_label"], epoch, index))
-    return _stack(examples)
+    records = source.__getitems__(rows[:, 1].tolist())   # one array_record read per batch
+    return _stack([masker(record["input_ids"], record["nsp_label"], epoch, index)
+                   for (epoch, index), record in zip(rows.tolist(), records)])
 
   indices = batched_indices(len(source), batch_size=batch_size, seed=seed, shuffle=True,
                             num_epochs=num_epochs, drop_remainder=True,
@@ -200,12 +198,10 @@ class TaskData:
     blank = self._pad(source[0])
 
     def load(rows: np.ndarray) -> dict[str, np.ndarray]:
-      examples = []
-      for _, index in rows.tolist():
-        if index < 0:
-          examples.append({**blank, "example_weight": np.float32(0)})
-        else:
-          examples.append({**self._pad(source[index]), "example_weight": np.float32(1)})
+      real = rows[:, 1][rows[:, 1] >= 0].tolist()
+      examples = [{**self._pad(record), "example_weight": np.float32(1)}
+                  for record in (source.__getitems__(real) if real else [])]
+      examples += [{**blank, "example_weight": np.float32(0)}] * (len(rows) - len(real))
       return _stack(examples)
 
     indices = batched_indices(len(source), batch_size=batch_size, seed=seed, shuffle=shuffle,

@@ -136,7 +136,8 @@ class Masker:
     replace = roll < 0.8                          # 80% [MASK]
     randomize = roll >= 0.9                       # 10% a random token, 10% unchanged
     masked[positions[replace]] = self.mask_id
-    masked[positions[randomize]] = rng.choice(self._random_ids, int(randomize.sum()))
+    masked[positions[randomize]] = self._random_ids[
+        rng.integers(len(self._random_ids), size=int(randomize.sum()))]
 
     S, P = self.seq_length, self.max_predictions
     out_ids = np.full(S, self.pad_id, np.int32)
