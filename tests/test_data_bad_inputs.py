@@ -86,7 +86,8 @@ def test_unknown_dev_label(tmp_path, spm_dir, data_dir):
   train = _write(tmp_path / "train.tsv", "good\tpositive\nbad\tnegative\n")
   dev = _write(tmp_path / "dev.tsv", "fine\tpositive\nmeh\tmixed\n")
   with pytest.raises(FlaxbertError) as error:
-    pipeline.finetune_data("classification", {"train": train, "dev": dev}, spm_dir, data_dir)
+    # Dev listed first: label names still come from the train split.
+    pipeline.finetune_data("classification", {"dev": dev, "train": train}, spm_dir, data_dir)
   assert _one_line(error).startswith(f"{dev}:2: unknown label 'mixed'")
 
 

@@ -176,19 +176,23 @@ def _tokenize_documents(tokenizer: Tokenizer, documents: Iterator[list[str]],
   return result
 
 
+def _label_files(sources: dict[str, Sequence[str] | str]) -> list[str]:
+  """The files label names are read from: the "train" split, else the first split."""
+  paths = sources.get("train", next(iter(sources.values()), []))
+  return [paths] if isinstance(paths, str) else list(paths)
+
+
 class TextClassification(_FlaxbertBuilder):
   """TSV `sentence<TAB>label` or `sentence1<TAB>sentence2<TAB>label`.
 
-  Settings: max_seq_length, labels (names; default: sorted labels of the first split),
+  Settings: max_seq_length, labels (names; default: sorted labels of the train split),
   regression (float labels).
   """
 
   def __init__(self, **kwargs):
     kwargs.setdefault("regression", False)
     if not kwargs["regression"] and not kwargs.get("labels"):
-      first = next(iter(kwargs["sources"].values()))
-      kwargs["labels"] = finetuning.collect_labels(
-          [first] if isinstance(first, str) else first)
+      kwargs["labels"] = finetuning.collect_labels(_label_files(kwargs["sources"]))
     super().__init__(**kwargs)
 
   def _info(self):
@@ -206,13 +210,12 @@ class TextClassification(_FlaxbertBuilder):
 class TokenTagging(_FlaxbertBuilder):
   """CoNLL `token<TAB>tag` sentences; `labels` marks each word's first sub-token, -1 elsewhere.
 
-  Settings: max_seq_length, labels (tag names; default: sorted tags of the first split).
+  Settings: max_seq_length, labels (tag names; default: sorted tags of the train split).
   """
 
   def __init__(self, **kwargs):
     if not kwargs.get("labels"):
-      first = next(iter(kwargs["sources"].values()))
-      kwargs["labels"] = finetuning.collect_tags([first] if isinstance(first, str) else first)
+      kwargs["labels"] = finetuning.collect_tags(_label_files(kwargs["sources"]))
     super().__init__(**kwargs)
 
   def _info(self):

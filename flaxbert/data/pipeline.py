@@ -248,7 +248,7 @@ def finetune_data(task: str, sources: dict[str, str | Sequence[str]], tokenizer_
   label), "tagging" (CoNLL), "squad" (SQuAD v1.1 JSON; settings doc_stride=128,
   max_query_length=64), "seq2seq" (TSV source, target; settings max_source_length,
   max_target_length, default max_seq_length). `sources` maps split names to files; label
-  names come from the first split unless `labels=[...]` is given.
+  names come from the "train" split (else the first) unless `labels=[...]` is given.
   """
   if task not in _TASKS:
     raise FlaxbertError(f"unknown task {task!r} (known: {', '.join(_TASKS)})")

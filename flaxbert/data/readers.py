@@ -8,12 +8,12 @@ the first place it happened. Nothing is dropped without a log line.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Iterator, Sequence
 
 from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import read_json
 
 log = logging.getLogger("flaxbert.data")
 
@@ -150,16 +150,8 @@ def read_squad(path: str, skips: SkipCounter) -> list[dict]:
   An answer whose `answer_start` does not point at its text is skipped and counted (the
   question is kept if another answer is right); a missing key is an error naming the id.
   """
-  if not os.path.isfile(path):
-    raise FlaxbertError(f"{path}: no such file")
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise FlaxbertError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-  except UnicodeDecodeError as e:
-    raise FlaxbertError(f"{path}: not UTF-8 (byte offset {e.start})") from None
-  if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+  data = read_json(path)
+  if not isinstance(data.get("data"), list):
     raise FlaxbertError(f"{path}: not SQuAD JSON (expected an object with a 'data' list)")
   questions = []
   seen_ids: set[str] = set()
