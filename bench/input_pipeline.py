@@ -59,6 +59,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--seq-length", type=int, default=128)
   parser.add_argument("--batches", type=int, default=40)
   parser.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+  parser.add_argument("--workers", type=int, nargs="*", default=[2],
+                      help="grain worker process counts to measure")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   work = args.work_dir or tempfile.mkdtemp(prefix="flaxbert-bench-")
@@ -68,7 +70,7 @@ def main(argv=None) -> dict:
 
   _, train_seconds = _timed(lambda: train_sentencepiece(corpus, args.vocab_size, tokenizer_dir))
 
-  def batches(threads=2, **kwargs):
+  def batches(threads=1, **kwargs):
     import grain
     settings = dict(batch_size=args.batch_size, seq_length=args.seq_length, seed=0,
                     process_index=0, process_count=1,
@@ -92,8 +94,11 @@ def main(argv=None) -> dict:
   for threads in args.threads:
     result["throughput"][f"threads={threads}"] = _throughput(lambda: batches(threads),
                                                              args.batches)
-  result["throughput"]["whole_word,threads=2"] = _throughput(
-      lambda: batches(2, whole_word=True), args.batches)
+  result["throughput"]["whole_word,threads=1"] = _throughput(
+      lambda: batches(1, whole_word=True), args.batches)
+  for workers in args.workers:
+    result["throughput"][f"workers={workers}"] = _throughput(
+        lambda: batches(1, worker_count=workers), args.batches)
 
   iterator = batches()
   for _ in range(5):

@@ -101,3 +101,16 @@ def test_state_from_other_settings_is_refused(small_corpus, spm_dir, data_dir):
 def test_whole_word_batches(small_corpus, spm_dir, data_dir):
   batch = next(_batches(small_corpus, spm_dir, data_dir, whole_word=True))
   assert batch["masked_weights"].sum() > 0
+
+
+def test_worker_processes_give_the_same_batches_and_resume(small_corpus, spm_dir, data_dir):
+  serial = _batches(small_corpus, spm_dir, data_dir)
+  expected = [next(serial) for _ in range(6)]
+  workers = _batches(small_corpus, spm_dir, data_dir, worker_count=2)
+  assert all(_equal(expected[i], next(workers)) for i in range(3))
+  state = json.loads(json.dumps(workers.get_state()))
+  resumed = _batches(small_corpus, spm_dir, data_dir, worker_count=2)
+  resumed.set_state(state)
+  assert all(_equal(expected[i], next(resumed)) for i in range(3, 6))
+  with pytest.raises(FlaxbertError, match="other data or batch settings"):
+    serial.set_state(state)

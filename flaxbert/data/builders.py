@@ -72,16 +72,20 @@ class _FlaxbertBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return None
 
   def __init__(self, *, sources: dict[str, Sequence[str]], tokenizer_dir: str, data_dir: str,
-               **settings):
+               config_name: str | None = None, **settings):
     self.sources = {split: [paths] if isinstance(paths, str) else list(paths)
                     for split, paths in sources.items()}
     self.settings = settings
     self.tokenizer_dir = tokenizer_dir
     self._tokenizer: Tokenizer | None = None
-    name = "h" + fingerprint(self.sources, tokenizer_dir, {"version": str(self.VERSION),
-                                                           **settings})
+    name = config_name or "h" + fingerprint(self.sources, tokenizer_dir,
+                                            {"version": str(self.VERSION), **settings})
     super().__init__(data_dir=data_dir, config=tfds.core.BuilderConfig(name=name),
                      file_format="array_record")
+    # TFDS pickles a builder as its __init__ arguments (grain worker processes unpickle the
+    # data source); with the hash passed along, workers do not re-read the source files.
+    self._original_state = dict(sources=self.sources, tokenizer_dir=tokenizer_dir,
+                                data_dir=data_dir, config_name=name, **settings)
 
   def _info_with(self, **kwargs) -> tfds.core.DatasetInfo:
     # Records stay in generation (file) order: evaluation output follows the input file, and

@@ -30,11 +30,17 @@ class BatchIterator:
   """
 
   def __init__(self, dataset: grain.MapDataset, identity: str, read_options: grain.ReadOptions,
-               num_records: int):
+               num_records: int, worker_count: int = 0):
     self.num_records = num_records   # examples per epoch, all processes together
     self._dataset = dataset
-    self._identity = identity
-    self._iterator = iter(dataset.to_iter_dataset(read_options))
+    # Worker processes change the state's layout: a state resumes only with the same count.
+    self._identity = f"{identity}:workers{worker_count}"
+    iter_dataset = dataset.to_iter_dataset(read_options)
+    if worker_count > 0:
+      _allow_grain_workers()
+      iter_dataset = iter_dataset.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=worker_count))
+    self._iterator = iter(iter_dataset)
 
   def __iter__(self):
     return self
@@ -55,6 +61,14 @@ class BatchIterator:
                           f"settings ({state.get('dataset')} != {self._identity}); "
                           "restart without it or use the original settings")
     self._iterator.set_state(state["grain"])
+
+
+def _allow_grain_workers() -> None:
+  """grain's worker processes read absl flags; a program that never parsed them (any
+  non-absl launcher) would fail on first access, so mark them parsed with their defaults."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def _process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -109,7 +123,8 @@ def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_di
                         max_predictions: int | None = None, whole_word: bool = False,
                         num_epochs: int | None = None, process_index: int | None = None,
                         process_count: int | None = None,
-                        read_options: grain.ReadOptions | None = None) -> BatchIterator:
+                        read_options: grain.ReadOptions | None = None,
+                        worker_count: int = 0) -> BatchIterator:
   """Endless (or `num_epochs`) masked-LM + NSP batches of `batch_size // process_count` rows.
 
   Prepares the sentence pairs under `data_dir` on first use (keyed by corpus and tokenizer
@@ -140,7 +155,7 @@ def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_di
   identity = (f"pretraining:{builder.builder_config.name}:b{batch_size}:p{process_index}/"
               f"{process_count}:s{seed}:P{masker.max_predictions}:w{int(whole_word)}")
   return BatchIterator(indices.map(load), identity, read_options or _default_read_options(),
-                       len(source))
+                       len(source), worker_count)
 
 
 # --- fine-tuning ----------------------------------------------------------------------------
@@ -190,7 +205,8 @@ class TaskData:
   def batches(self, split: str, *, batch_size: int, seed: int = 0, shuffle: bool = True,
               num_epochs: int | None = None, drop_remainder: bool = True,
               process_index: int | None = None, process_count: int | None = None,
-              read_options: grain.ReadOptions | None = None) -> BatchIterator:
+              read_options: grain.ReadOptions | None = None,
+              worker_count: int = 0) -> BatchIterator:
     """Training: the defaults (shuffled, endless). Evaluation: `shuffle=False, num_epochs=1,
     drop_remainder=False` visits every example once in file order."""
     process_index, process_count = _process_shard(process_index, process_count)
@@ -211,7 +227,7 @@ class TaskData:
                 f"p{process_index}/{process_count}:s{seed}:{int(shuffle)}:{num_epochs}:"
                 f"{int(drop_remainder)}")
     return BatchIterator(indices.map(load), identity, read_options or _default_read_options(),
-                         len(source))
+                         len(source), worker_count)
 
   def _pad(self, record: dict) -> dict[str, np.ndarray]:
     """Pads every sequence field to its task length; adds the masks."""
