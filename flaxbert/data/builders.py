@@ -113,7 +113,8 @@ class _FlaxbertBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     log.info("%s %s: %d examples", self.name, split, count)
 
   def _generate_examples(self, split: str, paths: list[str], skips: readers.SkipCounter
-                ) -> Iterator[tuple[int, dict]]:
+                         ) -> Iterator[tuple[int | str, dict]]:
+    """(key, example) pairs of one split; each builder kind implements it."""
     raise NotImplementedError
 
 

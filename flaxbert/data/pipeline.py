@@ -6,13 +6,14 @@ Order of operations, for pretraining and fine-tuning alike:
   -> global batches of indices -> this process's rows -> load, mask/pad, stack.
 Batching indices globally before splitting means every process yields the same number of
 batches (no multi-host hang at the end of a finite run) and together the processes see
-exactly the global batch. Work per batch runs on grain's prefetch threads.
+exactly the global batch. Work per batch runs on grain's prefetch threads, or on worker
+processes with `worker_count`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import grain
 import numpy as np
