@@ -48,6 +48,11 @@ class Tokenizer:
     """Ids for each text, without special tokens."""
     raise NotImplementedError
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and each token's (start, end) character span in `text`, leading space excluded
+    (extractive QA maps predicted tokens back to text with these)."""
+    raise NotImplementedError
+
   def decode(self, ids: Iterable[int]) -> str:
     raise NotImplementedError
 
@@ -138,6 +143,31 @@ class SentencePieceTokenizer(Tokenizer):
     # SentencePiece never emits control symbols for text, so "[MASK]" in text stays literal.
     return self._sp.encode(list(texts), out_type=int)
 
+  def encode_with_offsets(self, text):
+    proto = self._sp.encode(text, out_type="proto")
+    # SentencePiece reports UTF-8 byte offsets; the pieces of one byte-fallback character
+    # all but the last have empty spans, and "▁" pieces include the space before a word.
+    byte_to_char = [0] * (len(text.encode("utf-8")) + 1)
+    position = 0
+    for index, char in enumerate(text):
+      width = len(char.encode("utf-8"))
+      byte_to_char[position:position + width] = [index] * width
+      position += width
+    byte_to_char[position] = len(text)
+    ids, spans, pending = [], [], 0
+    for piece in proto.pieces:
+      ids.append(piece.id)
+      if piece.begin == piece.end:
+        pending += 1
+        continue
+      start, end = byte_to_char[piece.begin], byte_to_char[piece.end]
+      while start < end and text[start].isspace():
+        start += 1
+      spans += [(start, end)] * (pending + 1)
+      pending = 0
+    spans += [(len(text), len(text))] * pending
+    return ids, spans
+
   def decode(self, ids):
     return self._sp.decode([int(i) for i in ids if int(i) not in self.special_ids])
 
@@ -200,6 +230,10 @@ class WordPieceTokenizer(Tokenizer):
 
   def encode_batch(self, texts):
     return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def encode_with_offsets(self, text):
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    return encoding.ids, [tuple(span) for span in encoding.offsets]
 
   def decode(self, ids):
     return self._tok.decode([int(i) for i in ids if int(i) not in self.special_ids])

@@ -1,0 +1,281 @@
+"""Batches from prepared data: grain over TFDS array_record sources, split across processes,
+with an iterator whose state is a small JSON dict (for the Orbax checkpoint).
+
+Order of operations, for pretraining and fine-tuning alike:
+  record indices -> shuffle (seeded, reshuffled each epoch) -> repeat -> (epoch, index)
+  -> global batches of indices -> this process's rows -> load, mask/pad, stack.
+Batching indices globally before splitting means every process yields the same number of
+batches (no multi-host hang at the end of a finite run) and together the processes see
+exactly the global batch. Work per batch runs on grain's prefetch threads, or on worker
+processes with `worker_count`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from flaxbert.data import builders, pretraining
+from flaxbert.data.tokenizer import load_tokenizer
+from flaxbert.errors import FlaxbertError
+
+
+class BatchIterator:
+  """Numpy batches; `get_state()` / `set_state()` resume exactly at the next batch.
+
+  The state names the dataset it belongs to, so restoring a checkpoint against different
+  data or batch settings fails loudly instead of silently reading other batches.
+  """
+
+  def __init__(self, dataset: grain.MapDataset, identity: str, read_options: grain.ReadOptions,
+               num_records: int, worker_count: int = 0):
+    self.num_records = num_records   # examples per epoch, all processes together
+    self._dataset = dataset
+    # Worker processes change the state's layout: a state resumes only with the same count.
+    self._identity = f"{identity}:workers{worker_count}"
+    iter_dataset = dataset.to_iter_dataset(read_options)
+    if worker_count > 0:
+      _allow_grain_workers()
+      iter_dataset = iter_dataset.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=worker_count))
+    self._iterator = iter(iter_dataset)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  def __len__(self) -> int:
+    """Batches per full pass (finite datasets only)."""
+    return len(self._dataset)
+
+  def get_state(self) -> dict[str, Any]:
+    return {"dataset": self._identity, "grain": self._iterator.get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if state.get("dataset") != self._identity:
+      raise FlaxbertError("the checkpoint's data iterator belongs to other data or batch "
+                          f"settings ({state.get('dataset')} != {self._identity}); "
+                          "restart without it or use the original settings")
+    self._iterator.set_state(state["grain"])
+
+
+def _allow_grain_workers() -> None:
+  """grain's worker processes read absl flags; a program that never parsed them (any
+  non-absl launcher) would fail on first access, so mark them parsed with their defaults."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
+def _default_read_options() -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=min(8, os.cpu_count() or 1), prefetch_buffer_size=8)
+
+
+def batched_indices(num_records: int, *, batch_size: int, seed: int, shuffle: bool,
+                    num_epochs: int | None, drop_remainder: bool, process_index: int,
+                    process_count: int) -> grain.MapDataset:
+  """Batches of (epoch, record index) rows for this process: int64 [batch_size/count, 2].
+
+  Without `drop_remainder`, the last global batch is filled with rows (epoch, -1), which
+  the loaders turn into padding examples of weight 0.
+  """
+  if batch_size % process_count:
+    raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
+                        "processes")
+  if num_records == 0:
+    raise FlaxbertError("the prepared dataset is empty")
+  per_process = batch_size // process_count
+  ds = grain.MapDataset.range(num_records)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).map_with_index(
+      lambda position, index: np.array([position // num_records, index], np.int64))
+
+  def take_rows(rows: np.ndarray) -> np.ndarray:
+    if len(rows) < batch_size:
+      fill = np.stack([np.full(batch_size - len(rows), rows[-1, 0]),
+                       np.full(batch_size - len(rows), -1)], axis=1)
+      rows = np.concatenate([rows, fill])
+    return rows[process_index * per_process:(process_index + 1) * per_process]
+
+  return ds.batch(batch_size, drop_remainder=drop_remainder).map(take_rows)
+
+
+def _stack(examples: Sequence[dict]) -> dict[str, np.ndarray]:
+  return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+# --- pretraining ----------------------------------------------------------------------------
+
+def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_dir: str, *,
+                        batch_size: int, seq_length: int = 128, seed: int = 0,
+                        max_predictions: int | None = None, whole_word: bool = False,
+                        num_epochs: int | None = None, process_index: int | None = None,
+                        process_count: int | None = None,
+                        read_options: grain.ReadOptions | None = None,
+                        worker_count: int = 0) -> BatchIterator:
+  """Endless (or `num_epochs`) masked-LM + NSP batches of `batch_size // process_count` rows.
+
+  Prepares the sentence pairs under `data_dir` on first use (keyed by corpus and tokenizer
+  contents, seq_length and seed). Fields: input_ids, segment_ids, input_mask [B,S];
+  masked_positions, masked_ids [B,P] int32, masked_weights [B,P] float32; nsp_label [B]
+  (1 = B is a random sentence). P = ceil(0.15 * S) unless given.
+  """
+  process_index, process_count = _process_shard(process_index, process_count)
+  builder = builders.prepare(builders.PretrainingPairs, sources={"train": list(corpus_files)},
+                             tokenizer_dir=tokenizer_dir, data_dir=data_dir,
+                             seq_length=seq_length, seed=seed)
+  source = builder.as_data_source()["train"]
+  tokenizer = load_tokenizer(tokenizer_dir)
+  masker = pretraining.Masker(
+      seq_length=seq_length, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+      sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids,
+      word_start=tokenizer.is_word_start(range(tokenizer.vocab_size)), seed=seed,
+      max_predictions=max_predictions, whole_word=whole_word)
+
+  def load(rows: np.ndarray) -> dict[str, np.ndarray]:
+    records = source.__getitems__(rows[:, 1].tolist())   # one array_record read per batch
+    return _stack([masker(record["input_ids"], record["nsp_label"], epoch, index)
+                   for (epoch, index), record in zip(rows.tolist(), records)])
+
+  indices = batched_indices(len(source), batch_size=batch_size, seed=seed, shuffle=True,
+                            num_epochs=num_epochs, drop_remainder=True,
+                            process_index=process_index, process_count=process_count)
+  identity = (f"pretraining:{builder.builder_config.name}:b{batch_size}:p{process_index}/"
+              f"{process_count}:s{seed}:P{masker.max_predictions}:w{int(whole_word)}")
+  return BatchIterator(indices.map(load), identity, read_options or _default_read_options(),
+                       len(source), worker_count)
+
+
+# --- fine-tuning ----------------------------------------------------------------------------
+
+_TASKS = {
+    "classification": builders.TextClassification,
+    "regression": builders.TextClassification,
+    "tagging": builders.TokenTagging,
+    "squad": builders.SquadFeatures,
+    "seq2seq": builders.ParallelText,
+}
+
+
+class TaskData:
+  """A prepared fine-tuning dataset: its splits, label names, and batches of each split.
+
+  Batches are padded to fixed shapes: input_ids, segment_ids, input_mask [B,S] and
+  - classification: label [B] int32 (regression: float32)
+  - tagging: labels [B,S] (-1 on non-first sub-tokens, specials, padding), num_words [B]
+  - squad: start_position, end_position [B]; example_id [B] (bytes); token_char_start,
+    token_char_end [B,S] (-1 outside the context); token_is_max_context [B,S]
+  - seq2seq: source_ids, source_mask [B,Ss]; target_ids, target_mask [B,St] (no input_ids)
+  and always example_weight [B] float32: 0 for the rows that fill an incomplete last batch.
+  """
+
+  def __init__(self, task: str, builder: builders._FlaxbertBuilder, pad_id: int):
+    self.task = task
+    self.builder = builder
+    self.pad_id = pad_id
+    self.sources = builder.as_data_source()
+    settings = builder.settings
+    self.labels: list[str] | None = settings.get("labels") if task != "regression" else None
+    if task == "seq2seq":
+      self._lengths = {"source_ids": settings["max_source_length"],
+                       "target_ids": settings["max_target_length"]}
+    else:
+      self._lengths = {"input_ids": settings["max_seq_length"]}
+
+  def num_examples(self, split: str) -> int:
+    return len(self._source(split))
+
+  def _source(self, split: str):
+    if split not in self.sources:
+      raise FlaxbertError(f"no {split!r} split (have {', '.join(self.sources)})")
+    return self.sources[split]
+
+  def batches(self, split: str, *, batch_size: int, seed: int = 0, shuffle: bool = True,
+              num_epochs: int | None = None, drop_remainder: bool = True,
+              process_index: int | None = None, process_count: int | None = None,
+              read_options: grain.ReadOptions | None = None,
+              worker_count: int = 0) -> BatchIterator:
+    """Training: the defaults (shuffled, endless). Evaluation: `shuffle=False, num_epochs=1,
+    drop_remainder=False` visits every example once in file order."""
+    process_index, process_count = _process_shard(process_index, process_count)
+    source = self._source(split)
+    blank = self._pad(source[0])
+
+    def load(rows: np.ndarray) -> dict[str, np.ndarray]:
+      real = rows[:, 1][rows[:, 1] >= 0].tolist()
+      examples = [{**self._pad(record), "example_weight": np.float32(1)}
+                  for record in (source.__getitems__(real) if real else [])]
+      examples += [{**blank, "example_weight": np.float32(0)}] * (len(rows) - len(real))
+      return _stack(examples)
+
+    indices = batched_indices(len(source), batch_size=batch_size, seed=seed, shuffle=shuffle,
+                              num_epochs=num_epochs, drop_remainder=drop_remainder,
+                              process_index=process_index, process_count=process_count)
+    identity = (f"{self.task}:{self.builder.builder_config.name}:{split}:b{batch_size}:"
+                f"p{process_index}/{process_count}:s{seed}:{int(shuffle)}:{num_epochs}:"
+                f"{int(drop_remainder)}")
+    return BatchIterator(indices.map(load), identity, read_options or _default_read_options(),
+                         len(source), worker_count)
+
+  def _pad(self, record: dict) -> dict[str, np.ndarray]:
+    """Pads every sequence field to its task length; adds the masks."""
+    out = {}
+    length_of = self._lengths
+    sequence_length = length_of.get("input_ids")
+    for key, value in record.items():
+      if isinstance(value, np.ndarray) and value.ndim == 1:
+        length = length_of.get(key, sequence_length)
+        pad = self.pad_id if key.endswith("_ids") and key != "segment_ids" else \
+            (-1 if key in ("labels", "token_char_start", "token_char_end") else 0)
+        padded = np.full(length, pad, np.int32)
+        padded[:len(value)] = value
+        out[key] = padded
+        if key in ("input_ids", "source_ids", "target_ids"):
+          mask = np.zeros(length, np.int32)
+          mask[:len(value)] = 1
+          out[key.replace("_ids", "_mask") if key != "input_ids" else "input_mask"] = mask
+      elif isinstance(value, bytes):
+        out[key] = np.asarray(value, dtype=object)
+      else:
+        out[key] = np.asarray(value, np.float32 if self.task == "regression" and key == "label"
+                              else np.int32)
+    if "input_ids" in out and "segment_ids" not in out:
+      out["segment_ids"] = np.zeros(sequence_length, np.int32)
+    return out
+
+
+def finetune_data(task: str, sources: dict[str, str | Sequence[str]], tokenizer_dir: str,
+                  data_dir: str, *, max_seq_length: int = 128, **settings) -> TaskData:
+  """Prepares (or reuses) a fine-tuning dataset.
+
+  task: "classification" (TSV sentence[, sentence2], label), "regression" (same, numeric
+  label), "tagging" (CoNLL), "squad" (SQuAD v1.1 JSON; settings doc_stride=128,
+  max_query_length=64), "seq2seq" (TSV source, target; settings max_source_length,
+  max_target_length, default max_seq_length). `sources` maps split names to files; label
+  names come from the "train" split (else the first) unless `labels=[...]` is given.
+  """
+  if task not in _TASKS:
+    raise FlaxbertError(f"unknown task {task!r} (known: {', '.join(_TASKS)})")
+  if task == "seq2seq":
+    settings.setdefault("max_source_length", max_seq_length)
+    settings.setdefault("max_target_length", max_seq_length)
+  else:
+    settings["max_seq_length"] = max_seq_length
+  if task == "regression":
+    settings["regression"] = True
+  builder = builders.prepare(_TASKS[task], sources=sources, tokenizer_dir=tokenizer_dir,
+                             data_dir=data_dir, **settings)
+  return TaskData(task, builder, load_tokenizer(tokenizer_dir).pad_id)
