@@ -45,12 +45,38 @@ def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
                       bias_init=logical(nn.initializers.zeros, ("embed",)), name=name)
 
 
-def dense(config: BertConfig, features, names, name: str, axis=-1) -> nn.DenseGeneral:
+class Dense(nn.Module):
+  """x @ kernel + bias over the last `len(in_names)` axes; kernel created at its full N-d shape.
+
+  (Flax's DenseGeneral initialises a flat 2-d kernel and reshapes it, which trips logical
+  sharding constraints under a mesh; an N-d parameter from the start has no such step.)
+  """
+
+  features: tuple[int, ...]
+  names: tuple[str | None, ...]   # logical names of the kernel: input axes then output axes
+  num_in: int
+  dtype: str
+  init_std: float
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[-self.num_in:]
+    kernel = self.param("kernel", logical(nn.initializers.normal(self.init_std), self.names),
+                        in_shape + self.features, jnp.float32)
+    bias = self.param("bias", logical(nn.initializers.zeros, self.names[self.num_in:]),
+                      self.features, jnp.float32)
+    x = x.astype(self.dtype)
+    contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
+    y = jax.lax.dot_general(x, kernel.astype(self.dtype), (contract, ((), ())))
+    return y + bias.astype(self.dtype)
+
+
+def dense(config: BertConfig, features, names, name: str, axis=-1) -> Dense:
   """A dense layer whose kernel has logical axis `names`; its bias takes the output names."""
-  num_out = len(features) if isinstance(features, tuple) else 1
-  return nn.DenseGeneral(features, axis=axis, dtype=config.dtype, param_dtype=jnp.float32,
-                         kernel_init=logical(normal_init(config), names),
-                         bias_init=logical(nn.initializers.zeros, names[-num_out:]), name=name)
+  features = features if isinstance(features, tuple) else (features,)
+  num_in = len(axis) if isinstance(axis, tuple) else 1
+  return Dense(features, tuple(names), num_in, config.dtype, config.initializer_range,
+               name=name)
 
 
 class Embeddings(nn.Module):

@@ -1,0 +1,316 @@
+"""A BERT pretraining run: data -> sharded train step -> metrics -> checkpoints, resumable.
+
+Re-running the same command resumes from the newest readable checkpoint: parameters, optimizer
+state, step (the dropout RNG is derived from the stored key and the step) and the data
+iterator's position all come back, so an interrupted run produces exactly the losses of an
+uninterrupted one. SIGTERM saves a checkpoint and exits; a non-finite loss stops the run
+before anything non-finite is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import read_json, write_json
+from flaxbert.models.config import BertConfig, get_config
+from flaxbert.models.factory import build_model, dummy_inputs
+from flaxbert.training import mesh as mesh_lib
+from flaxbert.training import optim
+from flaxbert.training.checkpoint import RunCheckpoints
+from flaxbert.training.metrics import MetricsWriter, flops_per_token, mfu
+from flaxbert.training.progress import progress_bar
+from flaxbert.training.state import abstract_state, create_train_state
+from flaxbert.training.step import make_eval_step, make_train_step, summarise
+
+log = logging.getLogger("flaxbert")
+
+EXIT_SIGTERM = 143
+RUN_CONFIG = "run_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  workdir: str
+  model: str = "tiny"                      # preset name or HF config.json
+  overrides: tuple = ()                    # (("dtype", "bfloat16"), ...) BertConfig fields
+  corpus: tuple = ()                       # empty: the embedded default corpus
+  eval_corpus: tuple = ()                  # empty: documents held out of the corpus
+  tokenizer: str | None = None             # empty: train one into WORKDIR/tokenizer
+  vocab_size: int = 8000
+  lowercase: bool = False
+  data_dir: str | None = None              # prepared datasets (default WORKDIR/data)
+  steps: int = 1000
+  batch_size: int = 32                     # global, all processes together
+  seq_len: int = 128
+  max_predictions: int | None = None
+  whole_word: bool = False
+  accum_steps: int = 1
+  mesh: str | None = None
+  optimizer: str = "adamw"
+  learning_rate: float | None = None       # default: 1e-3 for tiny, 1e-4 otherwise
+  warmup_steps: int | None = None          # default: 10% of steps
+  schedule: str = "linear"
+  weight_decay: float = 0.01
+  clip_norm: float = 1.0
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 200
+  eval_batches: int = 4
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3
+  async_checkpoints: bool = True
+  progress: bool = True
+
+  def optimizer_config(self) -> optim.OptimizerConfig:
+    lr = self.learning_rate or (1e-3 if self.model == "tiny" else 1e-4)
+    warmup = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+    return optim.OptimizerConfig(
+        name=self.optimizer, learning_rate=lr, warmup_steps=warmup, total_steps=self.steps,
+        schedule=self.schedule, weight_decay=self.weight_decay, clip_norm=self.clip_norm)
+
+
+def _check(cfg: PretrainConfig, mesh) -> None:
+  dp = mesh_lib.data_parallel_size(mesh)
+  if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:
+    raise FlaxbertError("--steps and --batch-size must be positive and --seq-len at least 8")
+  if cfg.batch_size % (dp * cfg.accum_steps):
+    raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by data x fsdp "
+                        f"({dp}) x accumulation steps ({cfg.accum_steps})")
+  if cfg.batch_size % jax.process_count():
+    raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide among "
+                        f"{jax.process_count()} processes")
+
+
+def model_config(cfg: PretrainConfig, vocab_size: int) -> BertConfig:
+  config = get_config(cfg.model, **dict(cfg.overrides))
+  # Round the vocabulary up to a multiple of 128: tensor-parallel shards divide it evenly and
+  # the decoder matmul tiles well; the extra rows are never produced by the tokenizer.
+  config = config.replace(vocab_size=-(-vocab_size // 128) * 128)
+  if cfg.seq_len > config.max_position_embeddings:
+    raise FlaxbertError(f"--seq-len {cfg.seq_len} exceeds the model's "
+                        f"{config.max_position_embeddings} positions")
+  return config
+
+
+def _on_process_zero_first(fn, name: str):
+  """Runs fn on process 0, then (after a barrier) on the others, which find its result."""
+  if jax.process_index() == 0:
+    result = fn()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+  if jax.process_index() != 0:
+    result = fn()
+  return result
+
+
+def prepare_text(cfg: PretrainConfig) -> tuple[list[str], list[str], str]:
+  """(training files, held-out files, tokenizer dir), creating what is missing."""
+  from flaxbert.data import default_corpus, heldout, tokenizer as tokenizer_lib
+  data_root = os.path.join(cfg.workdir, "data")
+  corpus = list(cfg.corpus)
+  if not corpus:
+    corpus = [_on_process_zero_first(
+        lambda: default_corpus.write_default_corpus(os.path.join(data_root, "default_corpus")),
+        "default-corpus")]
+  if cfg.eval_corpus:
+    train_files, eval_files = corpus, list(cfg.eval_corpus)
+  else:
+    train, held = _on_process_zero_first(
+        lambda: heldout.split_heldout(corpus, os.path.join(data_root, "split")), "split")
+    train_files, eval_files = [train], [held]
+  tokenizer_dir = os.path.join(cfg.workdir, "tokenizer")
+  if cfg.tokenizer:
+    source = cfg.tokenizer
+
+    def copy_tokenizer():
+      tokenizer_lib.load_tokenizer(source).save(tokenizer_dir)
+      return tokenizer_dir
+    _on_process_zero_first(copy_tokenizer, "tokenizer")
+  elif not os.path.isdir(tokenizer_dir):
+    def train_tokenizer():
+      if not os.path.isdir(tokenizer_dir):
+        log.info("flaxbert: training a %d-piece SentencePiece tokenizer on %s", cfg.vocab_size,
+                 ", ".join(train_files))
+        tokenizer_lib.train_sentencepiece(train_files, cfg.vocab_size, tokenizer_dir + ".tmp",
+                                          lowercase=cfg.lowercase, seed=cfg.seed)
+        os.replace(tokenizer_dir + ".tmp", tokenizer_dir)
+      return tokenizer_dir
+    _on_process_zero_first(train_tokenizer, "tokenizer")
+  return train_files, eval_files, tokenizer_dir
+
+
+def _batches(cfg, files, tokenizer_dir, seed, **kwargs):
+  from flaxbert.data.pipeline import pretraining_batches
+  return pretraining_batches(
+      files, tokenizer_dir, cfg.data_dir or os.path.join(cfg.workdir, "data", "prepared"),
+      batch_size=cfg.batch_size, seq_length=cfg.seq_len, seed=seed,
+      max_predictions=cfg.max_predictions, whole_word=cfg.whole_word, **kwargs)
+
+
+class _Sigterm:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def any_process(self) -> bool:
+    if jax.process_count() == 1:
+      return self.received
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.received))))
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+  """Runs (or resumes) pretraining; returns the last logged metrics."""
+  os.makedirs(cfg.workdir, exist_ok=True)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  _check(cfg, mesh)
+  is_main = jax.process_index() == 0
+  train_files, eval_files, tokenizer_dir = prepare_text(cfg)
+  from flaxbert.data.tokenizer import load_tokenizer
+  tokenizer = load_tokenizer(tokenizer_dir)
+  config = model_config(cfg, tokenizer.vocab_size)
+  _write_run_config(cfg, config)
+
+  model = build_model(config, "pretraining")
+  opt_cfg = cfg.optimizer_config()
+  tx = optim.make_optimizer(opt_cfg)
+  dummy = dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32))
+  data = _batches(cfg, train_files, tokenizer_dir, cfg.seed)
+  checkpoints = RunCheckpoints(os.path.join(cfg.workdir, "checkpoints"), cfg.keep_checkpoints,
+                               cfg.async_checkpoints)
+  target, shardings = abstract_state(model, tx, mesh, dummy)
+  restored = checkpoints.restore(target, data)
+  if restored is None:
+    state, shardings = create_train_state(model, tx, mesh, cfg.seed, dummy)
+    start = 0
+  else:
+    start, state = restored
+    log.info("flaxbert: resuming from step %d", start)
+  metrics_writer = MetricsWriter(cfg.workdir, start, enabled=is_main)
+
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt_cfg),
+                                       cfg.accum_steps),
+                       in_shardings=(shardings, batch_sharding),
+                       out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model), in_shardings=(shardings.params, batch_sharding),
+                      out_shardings=mesh_lib.replicated(mesh))
+  tokens_per_step = cfg.batch_size * cfg.seq_len
+  sigterm = _Sigterm()
+  last: dict = {}
+  step = start
+  try:
+    with jax.set_mesh(mesh), progress_bar(total=cfg.steps, initial=start, desc="pretrain",
+                                          unit="step",
+                                          disable=not (is_main and cfg.progress)) as bar:
+      window_start, window_steps = time.perf_counter(), 0
+      while step < cfg.steps:
+        batch = mesh_lib.global_batch(next(data), mesh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        window_steps += 1
+        bar.update(1)
+        boundary = step % cfg.log_every == 0 or step == cfg.steps
+        checkpoint_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if boundary or checkpoint_due:
+          metrics = jax.device_get(metrics)
+          if not np.isfinite(metrics["loss"]):
+            checkpoints.wait()
+            raise FlaxbertError(
+                f"loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint "
+                f"(step {checkpoints.latest_step()}) is kept in {cfg.workdir}/checkpoints")
+        if boundary:
+          elapsed = time.perf_counter() - window_start
+          rate = window_steps / elapsed
+          last = {k: float(v) for k, v in metrics.items()}
+          last.update(seq_per_s=rate * cfg.batch_size, tokens_per_s=rate * tokens_per_step)
+          utilisation = mfu(config, cfg.seq_len, last["tokens_per_s"])
+          if utilisation is not None:
+            last["mfu"] = utilisation
+          if step % cfg.eval_every == 0 or step == cfg.steps:
+            last.update(_evaluate(cfg, eval_step, state.params, eval_files, tokenizer_dir, mesh))
+          metrics_writer.write(step, last)
+          bar.set_postfix(loss=f"{last['loss']:.3f}", mlm_acc=f"{last['mlm_accuracy']:.3f}")
+          window_start, window_steps = time.perf_counter(), 0
+        if checkpoint_due:
+          checkpoints.save(step, state, data)
+        if boundary and sigterm.any_process():
+          checkpoints.save(step, state, data, force=True)
+          checkpoints.close()
+          print(f"flaxbert: stopped by SIGTERM at step {step}; checkpoint saved. Re-run the "
+                "same command to resume.", flush=True)
+          raise SystemExit(EXIT_SIGTERM)
+    checkpoints.close()
+    if is_main:
+      export_bundle(cfg.workdir, os.path.join(cfg.workdir, "bundle"), params=state.params)
+  finally:
+    sigterm.restore()
+    metrics_writer.close()
+  return last
+
+
+def _evaluate(cfg, eval_step, params, eval_files, tokenizer_dir, mesh) -> dict:
+  """MLM/NSP metrics on a fixed set of held-out batches (the same ones at every evaluation)."""
+  batches = _batches(cfg, eval_files, tokenizer_dir, cfg.seed + 1)
+  totals = None
+  for _ in range(cfg.eval_batches):
+    sums = eval_step(params, mesh_lib.global_batch(next(batches), mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return {f"eval_{k}": float(v) for k, v in summarise(jax.device_get(totals)).items()}
+
+
+def _write_run_config(cfg: PretrainConfig, config: BertConfig) -> None:
+  if jax.process_index() == 0:
+    write_json(os.path.join(cfg.workdir, RUN_CONFIG), {
+        "model_config": config.to_dict(), "head": "pretraining",
+        "run": {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(cfg).items()}})
+
+
+def export_bundle(workdir: str, out: str, params=None) -> str:
+  """Writes the bundle of a run's latest checkpoint (or of `params`) to `out`."""
+  from flaxbert.data.tokenizer import load_tokenizer
+  from flaxbert.interop import bundle as bundle_lib
+  run = read_json(os.path.join(workdir, RUN_CONFIG))
+  config = BertConfig.from_dict(run["model_config"])
+  model = build_model(config, run.get("head", "pretraining"))
+  if params is None:
+    params = _latest_params(workdir, model)
+  params = jax.tree.map(np.asarray, params)
+  tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
+  if os.path.isdir(out) and os.path.abspath(out) == os.path.abspath(
+      os.path.join(workdir, "bundle")):
+    shutil.rmtree(out)  # the run's own final bundle is regenerated, never a user's directory
+  bundle_lib.save(out, bundle_lib.Bundle(model, params, tokenizer, config, "pretraining"))
+  return out
+
+
+def _latest_params(workdir: str, model):
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step()
+  if step is None:
+    raise FlaxbertError(f"{workdir}: no checkpoint to export")
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return restored["state"]["params"]

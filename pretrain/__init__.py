@@ -1,0 +1,1 @@
+"""`python -m pretrain ...`: the pretraining launcher, the same as `flaxbert pretrain ...`."""

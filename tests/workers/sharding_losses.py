@@ -1,0 +1,61 @@
+"""Run under XLA_FLAGS=--xla_force_host_platform_device_count=8: trains the same tiny BERT for
+10 steps on several meshes and prints the per-step losses as JSON (one line)."""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxbert.models.config import BertConfig
+from flaxbert.models.factory import build_model, dummy_inputs
+from flaxbert.training import mesh as mesh_lib, optim
+from flaxbert.training.state import create_train_state
+from flaxbert.training.step import make_train_step
+
+MESHES = [None, "data=8", "fsdp=8", "data=4,tensor=2", "data=2,fsdp=2,tensor=2"]
+
+
+def batches(steps, batch=16, length=32, predictions=5, vocab=256):
+  rng = np.random.default_rng(0)
+  for _ in range(steps):
+    mask = (np.arange(length)[None] < rng.integers(length // 2, length + 1, (batch, 1)))
+    yield {
+        "input_ids": (rng.integers(5, vocab, (batch, length)) * mask).astype(np.int32),
+        "segment_ids": ((np.arange(length)[None] >= length // 2) * mask).astype(np.int32),
+        "input_mask": mask.astype(np.int32),
+        "masked_positions": rng.integers(1, length // 2, (batch, predictions)).astype(np.int32),
+        "masked_ids": rng.integers(5, vocab, (batch, predictions)).astype(np.int32),
+        "masked_weights": (rng.random((batch, predictions)) < 0.8).astype(np.float32),
+        "nsp_label": rng.integers(0, 2, (batch,)).astype(np.int32),
+    }
+
+
+def losses(mesh_spec, steps=10):
+  config = BertConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
+                      intermediate_size=128, max_position_embeddings=32)
+  model = build_model(config, "pretraining")
+  opt = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=2, total_steps=steps)
+  tx = optim.make_optimizer(opt)
+  devices = jax.devices()[:1] if mesh_spec is None else jax.devices()
+  mesh = mesh_lib.make_mesh(mesh_spec, devices=devices)
+  dummy = dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32))
+  state, shardings = create_train_state(model, tx, mesh, 0, dummy)
+  step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt)),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  out = []
+  with jax.set_mesh(mesh):
+    for batch in batches(steps):
+      state, metrics = step(state, mesh_lib.global_batch(batch, mesh))
+      out.append(float(metrics["loss"]))
+  qkv = state.params["bert"]["encoder"]["layers"]["attention"]["qkv"]["kernel"]
+  return {"losses": out, "qkv_spec": str(qkv.sharding.spec),
+          "qkv_shard_shape": list(qkv.addressable_shards[0].data.shape)}
+
+
+if __name__ == "__main__":
+  assert jax.device_count() == 8, jax.devices()
+  print(json.dumps({str(spec): losses(spec) for spec in MESHES}))
+  sys.stdout.flush()
