@@ -7,7 +7,7 @@ import pytest
 
 from flaxbert.data import pipeline
 from flaxbert.errors import FlaxbertError
-from test_data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
+from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

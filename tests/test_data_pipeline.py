@@ -8,7 +8,7 @@ import pytest
 
 from flaxbert.data import pipeline
 from flaxbert.errors import FlaxbertError
-from test_data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
+from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 FIELDS = {"input_ids": ((4, 64), np.int32), "segment_ids": ((4, 64), np.int32),
           "input_mask": ((4, 64), np.int32), "masked_positions": ((4, 10), np.int32),

@@ -8,7 +8,7 @@ import pytest
 from flaxbert.data import pretraining
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
-from test_data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
+from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 
 def _documents(rng, count=30):
