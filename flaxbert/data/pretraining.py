@@ -1,8 +1,8 @@
 """BERT pretraining examples: next-sentence pairs made once, masking made fresh every epoch.
 
 Pairing follows Google's `create_pretraining_data.py` (segments filled up to the target
-length, 10% shorter targets, 50% random next segment from another document, random-side
-truncation). Pairing is done once when the data are prepared. Masking is dynamic, as in
+length, a shorter random target for 10% of sequences, 50% random next segment from another
+document, the longer segment truncated one token at a time from a random end). Pairing is done once when the data are prepared. Masking is dynamic, as in
 RoBERTa: each (seed, epoch, example index) draws its own masks, so every epoch sees new masks
 and a resumed run redraws exactly the masks it would have drawn.
 
@@ -50,9 +50,13 @@ def create_pairs(documents: Sequence[Sequence[np.ndarray]], seq_length: int, rng
 
 def _pairs_from_document(documents, doc_index, max_tokens, rng, short_seq_prob):
   document = documents[doc_index]
-  target_length = max_tokens
-  if rng.random() < short_seq_prob:
-    target_length = rng.randint(2, max_tokens)
+
+  def draw_target() -> int:
+    # Drawn afresh for every pair, so 10% of sequences are short whatever the document
+    # lengths (BERT's script draws once per document, which makes whole long documents short).
+    return rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+
+  target_length = draw_target()
   chunk: list[np.ndarray] = []
   chunk_length = 0
   i = 0
@@ -82,6 +86,7 @@ def _pairs_from_document(documents, doc_index, max_tokens, rng, short_seq_prob):
         tokens_b = np.concatenate(chunk[a_end:])
       yield (*_truncate_pair(tokens_a, tokens_b, max_tokens, rng), is_random_next)
       chunk, chunk_length = [], 0
+      target_length = draw_target()
     i += 1
 
 
