@@ -193,3 +193,19 @@ def test_longer_segment_truncated_at_random_ends():
   assert 0.45 < front / (front + back) < 0.55       # each cut at a random end
   a, b = pretraining._truncate_pair(np.arange(50), np.arange(1000, 1050), 61, random.Random(0))
   assert len(a) + len(b) == 61 and abs(len(a) - len(b)) <= 1   # both cut when both long
+
+
+def test_masks_do_not_depend_on_the_batch(spm_dir):
+  """The same (seed, epoch, index) gets the same masks alone or among other examples, so
+  any process, worker or batch size reproduces them."""
+  tokenizer = load_tokenizer(spm_dir)
+  masker = _masker(tokenizer)
+  ids, _ = _example(tokenizer)
+  other = ids[:-5].copy()
+  other[-1] = tokenizer.sep_id
+  together = masker.batch(np.concatenate([other, ids, ids]), [len(other), len(ids), len(ids)],
+                          [0, 1, 1], np.array([0, 2, 2]), np.array([9, 7, 8]))
+  alone = masker(ids, 1, epoch=2, index=7)
+  for key in alone:
+    np.testing.assert_array_equal(together[key][1], alone[key])
+  assert not np.array_equal(together["masked_positions"][1], together["masked_positions"][2])
