@@ -6,8 +6,9 @@ import logging
 import pytest
 
 from flaxbert.data import pipeline
+from flaxbert.data.tokenizer import train_sentencepiece
 from flaxbert.errors import FlaxbertError
-from test_data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
+from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -44,7 +45,9 @@ def test_single_document_corpus_is_refused(tmp_path, spm_dir, data_dir):
   corpus = _write(tmp_path / "c.txt", "One sentence here.\nAnother sentence there.\n")
   with pytest.raises(FlaxbertError, match="at least two documents") as error:
     _pretrain(corpus, spm_dir, data_dir)
-  _one_line(error)
+  assert _one_line(error).startswith(f"{corpus}: next-sentence prediction needs at least two "
+                                     "documents")
+  assert _one_line(error).endswith("found 1")
 
 
 def test_empty_documents_and_huge_lines_are_skipped_and_counted(tmp_path, spm_dir, data_dir,
@@ -65,7 +68,7 @@ def test_empty_documents_and_huge_lines_are_skipped_and_counted(tmp_path, spm_di
 
 def test_empty_corpus(tmp_path, spm_dir, data_dir):
   corpus = _write(tmp_path / "c.txt", "\n\n\n")
-  with pytest.raises(FlaxbertError, match="the corpus has 0"):
+  with pytest.raises(FlaxbertError, match="found 0"):
     _pretrain(corpus, spm_dir, data_dir)
 
 
@@ -128,3 +131,57 @@ def test_conll_line_without_tag(tmp_path, spm_dir, data_dir):
 def test_unknown_task(spm_dir, data_dir):
   with pytest.raises(FlaxbertError, match="unknown task 'sts'"):
     pipeline.finetune_data("sts", {}, spm_dir, data_dir)
+
+
+def test_non_utf8_tsv_names_file_and_line(tmp_path, spm_dir, data_dir):
+  tsv = _write(tmp_path / "t.tsv", b"sentence\tlabel\ngood row\tpositive\nbad \xc3( row\tnegative\n")
+  with pytest.raises(FlaxbertError) as error:
+    pipeline.finetune_data("classification", {"train": tsv}, spm_dir, data_dir)
+  assert _one_line(error) == f"{tsv}:3: not UTF-8 (byte 0xc3 at column 5)"
+
+
+def test_non_utf8_json_names_file_and_line(tmp_path, spm_dir, data_dir):
+  path = _write(tmp_path / "qa.json", b'{"version": "1.1",\n "data": [\n  {"title": "\xff"}]}\n')
+  with pytest.raises(FlaxbertError) as error:
+    pipeline.finetune_data("squad", {"train": path}, spm_dir, data_dir)
+  assert _one_line(error) == f"{path}:3: not UTF-8 (byte 0xff)"
+
+
+def test_million_character_tsv_row_is_cut_and_counted(tmp_path, spm_dir, data_dir, caplog):
+  tsv = _write(tmp_path / "t.tsv", "sentence\tlabel\nshort row\tpositive\n"
+               + "word " * 200_000 + "\tnegative\n")
+  with caplog.at_level(logging.WARNING, logger="flaxbert.data"):
+    data = pipeline.finetune_data("classification", {"train": tsv}, spm_dir, data_dir,
+                                  max_seq_length=32)
+  assert data.num_examples("train") == 2
+  messages = " ".join(r.getMessage() for r in caplog.records)
+  assert f"1 rows cut to max_seq_length (first at {tsv}:3)" in messages
+
+
+def test_tokenizer_training_input_errors(tmp_path, caplog):
+  bad = _write(tmp_path / "bad.txt", b"fine line\nanother fine line\nnot \xfe fine\n")
+  with pytest.raises(FlaxbertError) as error:
+    train_sentencepiece([bad], 300, str(tmp_path / "tok"))
+  assert _one_line(error) == f"{bad}:3: not UTF-8 (byte 0xfe at column 5)"
+  text = "".join(f"sentence number {i} of a small corpus.\n" for i in range(300))
+  long_lines = _write(tmp_path / "long.txt", text + "y" * 1_000_000 + "\n")
+  with caplog.at_level(logging.WARNING, logger="flaxbert.data"):
+    train_sentencepiece([long_lines], 300, str(tmp_path / "tok"))
+  messages = " ".join(r.getMessage() for r in caplog.records)
+  assert f"1 lines skipped: over 65536 bytes (first at {long_lines}:301)" in messages
+
+
+def test_squad_v2_unanswerable_questions_point_at_cls(tmp_path, spm_dir, data_dir):
+  squad = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{
+      "context": "A cat is a small animal. A dog is a loyal animal.",
+      "qas": [{"id": "q1", "question": "What is a cat?",
+               "answers": [{"text": "a small animal", "answer_start": 9}]},
+              {"id": "q2", "question": "What is a cow?", "answers": [], "is_impossible": True,
+               "plausible_answers": [{"text": "a loyal animal", "answer_start": 34}]}]}]}]}
+  path = _write(tmp_path / "qa.json", json.dumps(squad))
+  data = pipeline.finetune_data("squad", {"dev": path}, spm_dir, data_dir, max_seq_length=64)
+  batch = next(data.batches("dev", batch_size=2, shuffle=False, num_epochs=1,
+                            drop_remainder=False, process_index=0, process_count=1))
+  by_id = {bytes(i).decode(): row for row, i in enumerate(batch["example_id"])}
+  assert batch["start_position"][by_id["q1"]] > 0
+  assert batch["start_position"][by_id["q2"]] == batch["end_position"][by_id["q2"]] == 0

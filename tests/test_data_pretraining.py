@@ -8,7 +8,7 @@ import pytest
 from flaxbert.data import pretraining
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
-from test_data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
+from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 
 def _documents(rng, count=30):
@@ -127,3 +127,85 @@ def test_whole_word_masking_masks_every_piece_of_a_word(spm_dir):
       while end < len(ids) and not starts[end] and ids[end] not in tokenizer.special_ids:
         end += 1
       assert set(range(start, end)) <= chosen
+
+
+def _long_documents(count=20, sentences=5000, seed=0):
+  """Long documents of 1-2 token sentences; token ids run consecutively through the corpus,
+  so adjacency of ids means adjacency in the text."""
+  rng = np.random.default_rng(seed)
+  documents, next_id = [], 100
+  for _ in range(count):
+    lengths = rng.integers(1, 3, sentences)
+    ids = np.arange(next_id, next_id + lengths.sum(), dtype=np.int32)
+    next_id += len(ids) + 1000   # a gap between documents
+    documents.append(np.split(ids, np.cumsum(lengths)[:-1]))
+  return documents
+
+
+@pytest.fixture(scope="module")
+def long_pairs():
+  documents = _long_documents()
+  doc_of = {}
+  for d, doc in enumerate(documents):
+    for sentence in doc:
+      for t in sentence.tolist():
+        doc_of[t] = d
+  return list(pretraining.create_pairs(documents, 64, random.Random(7))), doc_of
+
+
+def test_short_sequences_with_probability_one_tenth(long_pairs):
+  pairs, _ = long_pairs
+  assert len(pairs) > 2000
+  max_tokens = 64 - 3
+  lengths = np.array([len(a) + len(b) for a, b, _ in pairs])
+  assert lengths.max() == max_tokens
+  # Targets are uniform in [2, 61] for a short sequence; a pair fills its target (sentences
+  # are 1-2 tokens), so lengths <= 57 come from short targets: 0.1 * 56/60 of all pairs,
+  # plus the rare end of a document.
+  short = np.mean(lengths <= max_tokens - 4)
+  assert 0.075 < short < 0.125, short
+
+
+def test_segment_b_is_the_continuation_half_the_time(long_pairs):
+  pairs, doc_of = long_pairs
+  labels = np.array([label for _, _, label in pairs])
+  assert 0.46 < labels.mean() < 0.54, labels.mean()
+  for a, b, label in pairs:
+    # Each segment is a contiguous run of one document's text.
+    assert np.all(np.diff(a) == 1) and np.all(np.diff(b) == 1)
+    if label == 0:   # the true continuation: same document, right after A (less truncation)
+      assert doc_of[int(a[0])] == doc_of[int(b[0])]
+      assert 1 <= int(b[0]) - int(a[-1]) <= 3
+    else:            # a random segment of another document
+      assert doc_of[int(a[0])] != doc_of[int(b[0])]
+
+
+def test_longer_segment_truncated_at_random_ends():
+  front = back = 0
+  for seed in range(200):
+    a, b = pretraining._truncate_pair(np.arange(100), np.arange(1000, 1010), 61,
+                                      random.Random(seed))
+    assert len(a) + len(b) == 61 and len(b) == 10   # only the longer side is cut
+    assert np.all(np.diff(a) == 1)                  # what is left is contiguous
+    front += int(a[0])
+    back += 99 - int(a[-1])
+  assert front + back == 200 * 49
+  assert 0.45 < front / (front + back) < 0.55       # each cut at a random end
+  a, b = pretraining._truncate_pair(np.arange(50), np.arange(1000, 1050), 61, random.Random(0))
+  assert len(a) + len(b) == 61 and abs(len(a) - len(b)) <= 1   # both cut when both long
+
+
+def test_masks_do_not_depend_on_the_batch(spm_dir):
+  """The same (seed, epoch, index) gets the same masks alone or among other examples, so
+  any process, worker or batch size reproduces them."""
+  tokenizer = load_tokenizer(spm_dir)
+  masker = _masker(tokenizer)
+  ids, _ = _example(tokenizer)
+  other = ids[:-5].copy()
+  other[-1] = tokenizer.sep_id
+  together = masker.batch(np.concatenate([other, ids, ids]), [len(other), len(ids), len(ids)],
+                          [0, 1, 1], np.array([0, 2, 2]), np.array([9, 7, 8]))
+  alone = masker(ids, 1, epoch=2, index=7)
+  for key in alone:
+    np.testing.assert_array_equal(together[key][1], alone[key])
+  assert not np.array_equal(together["masked_positions"][1], together["masked_positions"][2])

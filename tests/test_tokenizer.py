@@ -7,7 +7,7 @@ import pytest
 from flaxbert.data.tokenizer import (SPECIAL_TOKENS, WordPieceTokenizer, load_tokenizer,
                                      train_sentencepiece)
 from flaxbert.errors import FlaxbertError
-from test_data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
+from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 WORDS = ["the", "cat", "sat", "on", "mat", "un", "##aff", "##able", "##s", ",", ".", "é"]
 
@@ -97,3 +97,12 @@ def test_errors(tmp_path, small_corpus):
   with pytest.raises(FlaxbertError, match=r"vocab.txt:4: duplicate token 'the'"):
     WordPieceTokenizer(str(tmp_path / "vocab.txt"))
   assert not os.path.exists(tmp_path / "tiny" / "spm.model")
+
+
+def test_round_trip_of_corpus_lines(spm_dir, small_corpus, wordpiece_dir):
+  tokenizer = load_tokenizer(spm_dir)
+  with open(small_corpus, encoding="utf-8") as f:
+    lines = [line.strip() for line in f if line.strip()][:300]
+  assert [tokenizer.decode(ids) for ids in tokenizer.encode_batch(lines)] == lines
+  wordpiece = load_tokenizer(wordpiece_dir)   # lowercasing, so lowercase text round-trips
+  assert wordpiece.decode(wordpiece.encode("the cat sat on the mat.")) == "the cat sat on the mat."

@@ -134,6 +134,10 @@ class PretrainingPairs(_FlaxbertBuilder):
     documents = _tokenize_documents(
         tokenizer, readers.iter_documents(
             paths, skips, self.settings.get("max_line_chars", readers.MAX_LINE_CHARS)), skips)
+    if len(documents) < 2:
+      raise FlaxbertError(f"{', '.join(paths)}: next-sentence prediction needs at least two "
+                          "documents (separate documents with a blank line); found "
+                          f"{len(documents)}")
     rng = random.Random(self.settings.get("seed", 0))
     pairs = pretraining.create_pairs(documents, self.settings["seq_length"], rng,
                                      self.settings.get("short_seq_prob",

@@ -2,8 +2,8 @@
 with an iterator whose state is a small JSON dict (for the Orbax checkpoint).
 
 Order of operations, for pretraining and fine-tuning alike:
-  record indices -> shuffle (seeded, reshuffled each epoch) -> repeat -> (epoch, index)
-  -> global batches of indices -> this process's rows -> load, mask/pad, stack.
+  global batch b -> positions b*B.. -> (epoch, record index), shuffled per epoch
+  -> this process's rows -> one read of those records -> mask/pad the whole batch in numpy.
 Batching indices globally before splitting means every process yields the same number of
 batches (no multi-host hang at the end of a finite run) and together the processes see
 exactly the global batch. Work per batch runs on grain's prefetch threads, or on worker
@@ -13,6 +13,7 @@ processes with `worker_count`.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 import grain
@@ -83,34 +84,134 @@ def _default_read_options() -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=min(8, os.cpu_count() or 1), prefetch_buffer_size=8)
 
 
+def shuffle_indices(positions: np.ndarray, num_records: int, seed: int,
+                    epoch: np.ndarray | int) -> np.ndarray:
+  """A seeded permutation of range(num_records) for each epoch, applied to `positions`.
+
+  A Feistel network over the smallest power-of-four domain that holds the records, walking
+  out-of-range values back in ("cycle walking"): a bijection computed for any batch of
+  positions at once, in O(batch) memory however large the dataset.
+  """
+  positions = np.asarray(positions, np.uint64)
+  bits = max(2, (max(num_records - 1, 1)).bit_length())
+  bits += bits % 2
+  half = np.uint64(bits // 2)
+  low_mask = np.uint64((1 << (bits // 2)) - 1)
+  keys = pretraining.example_streams(seed, np.broadcast_to(np.asarray(epoch), positions.shape),
+                                     np.zeros(positions.shape, np.int64), 6, 1)[0]
+  with np.errstate(over="ignore"):
+    out = positions.copy()
+    pending = np.ones(out.shape, bool)
+    while pending.any():
+      left, right = out[pending] >> half, out[pending] & low_mask
+      for k in range(6):
+        left, right = right, left ^ (pretraining._mix(right + keys[pending, k]) & low_mask)
+      out[pending] = (left << half) | right
+      pending = out >= np.uint64(num_records)
+  return out.astype(np.int64)
+
+
+class _GlobalBatches:
+  """Random access to this process's rows of each global batch: int64 [rows, 2] of
+  (epoch, record index). Global position p is record shuffle(p % N) of epoch p // N."""
+
+  def __init__(self, num_records: int, *, batch_size: int, seed: int, shuffle: bool,
+               num_epochs: int | None, drop_remainder: bool, process_index: int,
+               process_count: int):
+    self.num_records, self.batch_size, self.seed, self.shuffle = (num_records, batch_size,
+                                                                  seed, shuffle)
+    self.per_process = batch_size // process_count
+    self.offset = process_index * self.per_process
+    self.total = None if num_epochs is None else num_records * num_epochs
+    if self.total is None:
+      self.length = sys.maxsize
+    else:
+      self.length = (self.total // batch_size if drop_remainder
+                     else -(-self.total // batch_size))
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, batch: int) -> np.ndarray:
+    if not 0 <= batch < self.length:
+      raise IndexError(batch)
+    positions = batch * self.batch_size + self.offset + np.arange(self.per_process)
+    epoch, index = np.divmod(positions, self.num_records)
+    if self.shuffle:
+      index = shuffle_indices(index, self.num_records, self.seed, epoch)
+    if self.total is not None:   # rows past the end fill the last batch: (last epoch, -1)
+      beyond = positions >= self.total
+      epoch[beyond], index[beyond] = (self.total - 1) // self.num_records, -1
+    return np.stack([epoch, index], axis=1).astype(np.int64)
+
+
 def batched_indices(num_records: int, *, batch_size: int, seed: int, shuffle: bool,
                     num_epochs: int | None, drop_remainder: bool, process_index: int,
                     process_count: int) -> grain.MapDataset:
   """Batches of (epoch, record index) rows for this process: int64 [batch_size/count, 2].
 
-  Without `drop_remainder`, the last global batch is filled with rows (epoch, -1), which
-  the loaders turn into padding examples of weight 0.
+  Records are shuffled globally (a new permutation each epoch) and batched globally; each
+  process takes its slice of every global batch, so the processes' rows are disjoint and
+  together cover every record of an epoch. Without `drop_remainder`, the last global batch
+  is filled with rows (epoch, -1), which the loaders turn into padding examples of weight 0.
   """
   if batch_size % process_count:
     raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
                         "processes")
+  if not 0 <= process_index < process_count:
+    raise FlaxbertError(f"process index {process_index} is not in [0, {process_count})")
   if num_records == 0:
     raise FlaxbertError("the prepared dataset is empty")
-  per_process = batch_size // process_count
-  ds = grain.MapDataset.range(num_records)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).map_with_index(
-      lambda position, index: np.array([position // num_records, index], np.int64))
+  return grain.MapDataset.source(_GlobalBatches(
+      num_records, batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+      drop_remainder=drop_remainder, process_index=process_index, process_count=process_count))
 
-  def take_rows(rows: np.ndarray) -> np.ndarray:
-    if len(rows) < batch_size:
-      fill = np.stack([np.full(batch_size - len(rows), rows[-1, 0]),
-                       np.full(batch_size - len(rows), -1)], axis=1)
-      rows = np.concatenate([rows, fill])
-    return rows[process_index * per_process:(process_index + 1) * per_process]
 
-  return ds.batch(batch_size, drop_remainder=drop_remainder).map(take_rows)
+class _PairReader:
+  """Reads a batch of stored pairs in one array_record call and parses the records with
+  protobuf directly: TFDS's generic per-record decoding costs several times the read.
+
+  The fast path is checked against TFDS's own decoding of the first records when the reader
+  is made; if the stored layout ever differs, reading falls back to TFDS.
+  """
+
+  def __init__(self, source):
+    self._source = source
+    self._raw = getattr(source, "data_source", None)
+    self._fast = False
+    if self._raw is not None:
+      try:
+        probe = list(range(min(4, len(source))))
+        flat, lengths, labels = self._parse(self._raw.__getitems__(probe))
+        expected = source.__getitems__(probe)
+        self._fast = (np.array_equal(flat, np.concatenate([e["input_ids"] for e in expected]))
+                      and lengths.tolist() == [len(e["input_ids"]) for e in expected]
+                      and labels.tolist() == [int(e["nsp_label"]) for e in expected])
+      except Exception:   # any surprise in the layout: use TFDS's decoding
+        self._fast = False
+
+  @staticmethod
+  def _parse(records):
+    from tensorflow_datasets.proto import tf_example_pb2
+    parse = tf_example_pb2.Example.FromString
+    ids, lengths, labels = [], [], []
+    for record in records:
+      feature = parse(record).features.feature
+      values = feature["input_ids"].int64_list.value
+      ids.append(np.array(values, np.int32))
+      lengths.append(len(values))
+      labels.append(feature["nsp_label"].int64_list.value[0])
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int32),
+            np.array(lengths, np.int64), np.array(labels, np.int32))
+
+  def __call__(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(concatenated input_ids, lengths, nsp labels) of the records at `indices`."""
+    if self._fast:
+      return self._parse(self._raw.__getitems__(indices))
+    records = self._source.__getitems__(indices)
+    return (np.concatenate([np.asarray(r["input_ids"], np.int32) for r in records]),
+            np.array([len(r["input_ids"]) for r in records], np.int64),
+            np.array([r["nsp_label"] for r in records], np.int32))
 
 
 def _stack(examples: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -145,10 +246,11 @@ def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_di
       word_start=tokenizer.is_word_start(range(tokenizer.vocab_size)), seed=seed,
       max_predictions=max_predictions, whole_word=whole_word)
 
+  read = _PairReader(source)
+
   def load(rows: np.ndarray) -> dict[str, np.ndarray]:
-    records = source.__getitems__(rows[:, 1].tolist())   # one array_record read per batch
-    return _stack([masker(record["input_ids"], record["nsp_label"], epoch, index)
-                   for (epoch, index), record in zip(rows.tolist(), records)])
+    flat_ids, lengths, nsp_labels = read(rows[:, 1].tolist())   # one read per batch
+    return masker.batch(flat_ids, lengths, nsp_labels, rows[:, 0], rows[:, 1])
 
   indices = batched_indices(len(source), batch_size=batch_size, seed=seed, shuffle=True,
                             num_epochs=num_epochs, drop_remainder=True,

@@ -1,8 +1,8 @@
 """BERT pretraining examples: next-sentence pairs made once, masking made fresh every epoch.
 
 Pairing follows Google's `create_pretraining_data.py` (segments filled up to the target
-length, 10% shorter targets, 50% random next segment from another document, random-side
-truncation). Pairing is done once when the data are prepared. Masking is dynamic, as in
+length, a shorter random target for 10% of sequences, 50% random next segment from another
+document, the longer segment truncated one token at a time from a random end). Pairing is done once when the data are prepared. Masking is dynamic, as in
 RoBERTa: each (seed, epoch, example index) draws its own masks, so every epoch sees new masks
 and a resumed run redraws exactly the masks it would have drawn.
 
@@ -50,9 +50,13 @@ def create_pairs(documents: Sequence[Sequence[np.ndarray]], seq_length: int, rng
 
 def _pairs_from_document(documents, doc_index, max_tokens, rng, short_seq_prob):
   document = documents[doc_index]
-  target_length = max_tokens
-  if rng.random() < short_seq_prob:
-    target_length = rng.randint(2, max_tokens)
+
+  def draw_target() -> int:
+    # Drawn afresh for every pair, so 10% of sequences are short whatever the document
+    # lengths (BERT's script draws once per document, which makes whole long documents short).
+    return rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+
+  target_length = draw_target()
   chunk: list[np.ndarray] = []
   chunk_length = 0
   i = 0
@@ -82,6 +86,7 @@ def _pairs_from_document(documents, doc_index, max_tokens, rng, short_seq_prob):
         tokens_b = np.concatenate(chunk[a_end:])
       yield (*_truncate_pair(tokens_a, tokens_b, max_tokens, rng), is_random_next)
       chunk, chunk_length = [], 0
+      target_length = draw_target()
     i += 1
 
 
@@ -101,12 +106,47 @@ def _truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: random.Ra
   return a[a_start:a_end], b[b_start:b_end]
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """SplitMix64's finalizer: a bijection of uint64 that scatters every input bit."""
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def example_streams(seed: int, epochs: np.ndarray, indices: np.ndarray, length: int,
+                    count: int) -> list[np.ndarray]:
+  """`count` arrays of uint64 random words, [rows, length] each, one word per position.
+
+  A counter-based generator (SplitMix64 keyed by seed, epoch and example index): the words of
+  an example depend only on (seed, epoch, index, position), never on which batch, process or
+  worker computes them, so masking is reproducible and a resumed run redraws the same masks.
+  """
+  with np.errstate(over="ignore"):
+    key = _mix(np.uint64(seed % 2**64) * _GOLDEN + np.uint64(0x5851F42D4C957F2D))
+    row = _mix(key + np.asarray(epochs, np.uint64) * _GOLDEN)
+    row = _mix(row ^ (np.asarray(indices, np.uint64) * np.uint64(0xD1B54A32D192ED03)))
+    counter = np.arange(1, length * count + 1, dtype=np.uint64) * _GOLDEN
+    words = _mix(row[:, None] + counter[None, :])
+  return [words[:, k * length:(k + 1) * length] for k in range(count)]
+
+
+def _uniform(words: np.ndarray) -> np.ndarray:
+  """Floats in [0, 1) from the top 53 bits."""
+  return (words >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
 class Masker:
-  """Turns a stored pair (`input_ids` with [CLS]/[SEP], `nsp_label`) into a padded,
-  masked training example. Deterministic in (seed, epoch, index).
+  """Turns stored pairs (`input_ids` with [CLS]/[SEP], `nsp_label`) into padded, masked
+  training examples, a whole batch at a time with numpy. Deterministic in (seed, epoch,
+  index): the same example gets the same masks in any batch, process or worker.
 
   `word_start` is a bool per vocabulary id (True where the token begins a word); with
   `whole_word`, all pieces of a word are masked together, as in BERT's whole-word models.
+  Selection follows BERT: candidates (words, or single tokens) in random order, each taken
+  if it still fits the budget of round(0.15 * length) predictions, at most max_predictions.
   """
 
   def __init__(self, *, seq_length: int, vocab_size: int, pad_id: int, sep_id: int,
@@ -123,63 +163,93 @@ class Masker:
     self._random_ids = np.flatnonzero(~self._special).astype(np.int32)
 
   def __call__(self, input_ids: np.ndarray, nsp_label: int, epoch: int, index: int) -> dict:
+    """One example (the fields without the batch axis)."""
     ids = np.asarray(input_ids, np.int32)
-    n = len(ids)
-    if n > self.seq_length:
-      raise FlaxbertError(f"stored example {index} has {n} tokens, more than the sequence "
-                          f"length {self.seq_length}: prepare the data for this length")
-    rng = np.random.default_rng((self.seed, epoch, index))
-    positions = self._choose_positions(ids, rng)
-    masked_ids = ids[positions]
-    masked = ids.copy()
-    roll = rng.random(len(positions))
-    replace = roll < 0.8                          # 80% [MASK]
-    randomize = roll >= 0.9                       # 10% a random token, 10% unchanged
-    masked[positions[replace]] = self.mask_id
-    masked[positions[randomize]] = self._random_ids[
-        rng.integers(len(self._random_ids), size=int(randomize.sum()))]
+    batch = self.batch(ids, np.array([len(ids)]), np.array([nsp_label]), np.array([epoch]),
+                       np.array([index]))
+    return {key: value[0] for key, value in batch.items()}
 
+  def batch(self, flat_ids: np.ndarray, lengths: np.ndarray, nsp_labels: np.ndarray,
+            epochs: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """A batch from its examples' ids concatenated (`flat_ids`) and their `lengths`."""
     S, P = self.seq_length, self.max_predictions
-    out_ids = np.full(S, self.pad_id, np.int32)
-    out_ids[:n] = masked
-    segment_ids = np.zeros(S, np.int32)
-    first_sep = int(np.argmax(ids == self.sep_id))   # text never encodes to [SEP]
-    segment_ids[first_sep + 1:n] = 1
-    input_mask = np.zeros(S, np.int32)
-    input_mask[:n] = 1
-    out_positions = np.zeros(P, np.int32)
-    out_positions[:len(positions)] = positions
-    out_masked_ids = np.zeros(P, np.int32)
-    out_masked_ids[:len(positions)] = masked_ids
-    weights = np.zeros(P, np.float32)
-    weights[:len(positions)] = 1.0
-    return {"input_ids": out_ids, "segment_ids": segment_ids, "input_mask": input_mask,
-            "masked_positions": out_positions, "masked_ids": out_masked_ids,
-            "masked_weights": weights, "nsp_label": np.int32(nsp_label)}
+    lengths = np.asarray(lengths, np.int64)
+    rows = len(lengths)
+    if rows and lengths.max() > S:
+      bad = int(np.argmax(lengths > S))
+      raise FlaxbertError(f"stored example {int(indices[bad])} has {int(lengths[bad])} tokens, "
+                          f"more than the sequence length {S}: prepare the data for this length")
+    column = np.arange(S)
+    real = column[None, :] < lengths[:, None]                       # [B, S]
+    ids = np.full((rows, S), self.pad_id, np.int32)
+    ids[real] = flat_ids
+    choose_words, roll_words, token_words = example_streams(self.seed, epochs, indices, S, 3)
+    chosen = self._choose(ids, real, lengths, choose_words)        # [B, S] bool
 
-  def _choose_positions(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    candidates = np.flatnonzero(~self._special[ids])
-    if not len(candidates):
-      return candidates.astype(np.int32)
-    budget = min(self.max_predictions, max(1, round(len(ids) * self.mask_prob)))
+    masked = ids.copy()
+    roll = _uniform(roll_words)
+    masked[chosen & (roll < 0.8)] = self.mask_id                   # 80% [MASK]
+    randomize = chosen & (roll >= 0.9)                             # 10% random, 10% unchanged
+    draws = ((token_words[randomize] & np.uint64(0xFFFFFFFF)) * np.uint64(len(self._random_ids))
+             ) >> np.uint64(32)
+    masked[randomize] = self._random_ids[draws.astype(np.int64)]
+
+    # Chosen positions in increasing order, packed to the left of [B, P].
+    order = np.argsort(~chosen, axis=1, kind="stable")[:, :min(P, S)]
+    count = chosen.sum(axis=1)
+    valid = np.arange(order.shape[1])[None, :] < count[:, None]
+    positions = np.zeros((rows, P), np.int32)
+    positions[:, :order.shape[1]] = np.where(valid, order, 0)
+    masked_ids = np.zeros((rows, P), np.int32)
+    masked_ids[:, :order.shape[1]] = np.where(valid, np.take_along_axis(ids, order, 1), 0)
+    weights = np.zeros((rows, P), np.float32)
+    weights[:, :order.shape[1]] = valid
+
+    first_sep = np.argmax(ids == self.sep_id, axis=1)             # text never encodes to [SEP]
+    segment_ids = ((column[None, :] > first_sep[:, None]) & real).astype(np.int32)
+    return {"input_ids": masked, "segment_ids": segment_ids, "input_mask": real.astype(np.int32),
+            "masked_positions": positions, "masked_ids": masked_ids, "masked_weights": weights,
+            "nsp_label": np.asarray(nsp_labels, np.int32)}
+
+  def _choose(self, ids: np.ndarray, real: np.ndarray, lengths: np.ndarray,
+              words: np.ndarray) -> np.ndarray:
+    rows, S = ids.shape
+    candidate = real & ~self._special[ids]
+    budget = np.minimum(self.max_predictions,
+                        np.maximum(1, np.round(lengths * self.mask_prob))).astype(np.int64)
+    column = np.arange(S)
     if self.whole_word:
       # A group starts at a word start, or where the previous position was not a candidate
       # (right after [CLS]/[SEP]), so a word never spans a special token.
-      starts = self._word_start[ids[candidates]]
-      starts[0] = True
-      starts[1:] |= np.diff(candidates) > 1
-      group_of = np.cumsum(starts) - 1
-      bounds = np.append(np.flatnonzero(starts), len(candidates))
+      previous = np.zeros_like(candidate)
+      previous[:, 1:] = candidate[:, :-1]
+      starts = candidate & (self._word_start[ids] | ~previous)
     else:
-      group_of = np.arange(len(candidates))
-      bounds = np.arange(len(candidates) + 1)
-    sizes = np.diff(bounds)
-    chosen = np.zeros(len(sizes), bool)
-    count = 0
-    for group in rng.permutation(len(sizes)):   # BERT: skip a word that would overflow
-      if count + sizes[group] <= budget:
-        chosen[group] = True
-        count += sizes[group]
-        if count == budget:
-          break
-    return candidates[chosen[group_of]].astype(np.int32)
+      starts = candidate
+    # Each candidate's group is named by its start column; sizes are counted at the starts.
+    start_of = np.maximum.accumulate(np.where(starts, column[None, :], 0), axis=1)
+    flat_start = (np.arange(rows)[:, None] * S + start_of)[candidate]
+    sizes = np.bincount(flat_start, minlength=rows * S).reshape(rows, S)
+    # Groups in random order: sort the starts by their random word (non-starts last).
+    keys = np.where(starts, words >> np.uint64(1), np.uint64(2**63))
+    order = np.argsort(keys, axis=1)
+    ordered_sizes = np.take_along_axis(np.where(starts, sizes, 0), order, 1)
+    is_group = np.take_along_axis(starts, order, 1)
+    # BERT's greedy pass: take each group that still fits. The longest prefix that fits is
+    # taken at once; then, repeatedly, the first later group that fits the room left (a group
+    # skipped before is too big for the room now, so this is the same as one greedy pass).
+    taken = is_group & (np.cumsum(ordered_sizes, axis=1) <= budget[:, None])
+    taken &= np.cumsum(~taken, axis=1) == 0          # a prefix: stop at the first overflow
+    room = budget - (ordered_sizes * taken).sum(axis=1)
+    while True:
+      fits = is_group & ~taken & (ordered_sizes <= room[:, None]) & (ordered_sizes > 0)
+      has = fits.any(axis=1)
+      if not has.any():
+        break
+      first = np.argmax(fits, axis=1)
+      picked = np.flatnonzero(has)
+      taken[picked, first[picked]] = True
+      room[picked] -= ordered_sizes[picked, first[picked]]
+    chosen_starts = np.zeros_like(starts)
+    np.put_along_axis(chosen_starts, order, taken, 1)
+    return candidate & np.take_along_axis(chosen_starts, start_of, 1)

@@ -11,6 +11,7 @@ or `vocab.txt` (WordPiece, the file layout of HF BERT checkpoints).
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -19,6 +20,8 @@ from typing import Iterable, Sequence
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
+
+log = logging.getLogger("flaxbert.data")
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -301,7 +304,7 @@ def train_sentencepiece(inputs: Sequence[str], vocab_size: int, output: str, *,
           pad_id=0, pad_piece=PAD, unk_id=1, unk_piece=UNK, bos_id=-1, eos_id=-1,
           control_symbols=[CLS, SEP, MASK],
           normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
-          max_sentence_length=1 << 16, shuffle_input_sentence=False,
+          max_sentence_length=MAX_SENTENCE_BYTES, shuffle_input_sentence=False,
           num_threads=os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as e:
       raise FlaxbertError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") \
@@ -312,17 +315,34 @@ def train_sentencepiece(inputs: Sequence[str], vocab_size: int, output: str, *,
   return SentencePieceTokenizer(os.path.join(output, SPM_FILE), lowercase=lowercase)
 
 
+MAX_SENTENCE_BYTES = 1 << 16   # SentencePiece's max_sentence_length: longer lines are skipped
+
+
 def _reservoir_sample_lines(paths: Sequence[str], k: int, seed: int) -> list[str]:
+  """A uniform sample of at most `k` non-empty lines, streaming the files once.
+
+  Non-UTF-8 bytes are an error naming file and line; lines longer than SentencePiece accepts
+  are skipped and counted in one log line (SentencePiece itself would drop them silently).
+  """
   rng = random.Random(seed)
   sample: list[str] = []
   seen = 0
+  too_long, first_too_long = 0, None
   for path in paths:
     if not os.path.isfile(path):
       raise FlaxbertError(f"{path}: no such file")
-    with open(path, encoding="utf-8", errors="replace") as f:
-      for line in f:
-        line = line.strip()
+    with open(path, "rb") as f:
+      for number, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+          raise FlaxbertError(f"{path}:{number}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                              f"{e.start + 1})") from None
         if not line:
+          continue
+        if len(raw) > MAX_SENTENCE_BYTES:
+          too_long += 1
+          first_too_long = first_too_long or f"{path}:{number}"
           continue
         seen += 1
         if len(sample) < k:
@@ -331,6 +351,9 @@ def _reservoir_sample_lines(paths: Sequence[str], k: int, seed: int) -> list[str
           j = rng.randrange(seen)
           if j < k:
             sample[j] = line
+  if too_long:
+    log.warning("tokenizer training: %d lines skipped: over %d bytes (first at %s)", too_long,
+                MAX_SENTENCE_BYTES, first_too_long)
   return sample
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures for the data tests (imported by test_data_*.py; holds no tests itself).
+"""Shared fixtures for the data tests: a helper module imported by test_data_*.py and
+test_tokenizer.py (its name does not start with `test_`, so pytest does not collect it).
 
 A small SentencePiece model trained once per session on a slice of the KJV corpus, and small
 copies of the shipped datasets so every test prepares in well under a second.
