@@ -115,7 +115,9 @@ def test_resume_after_sigkill_and_sigterm_is_exact(corpus_and_tokenizer, tmp_pat
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-      if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
+      # Kill once checkpoint 4 is committed and the run has gone on past it.
+      if ((workdir / "checkpoints" / "4").is_dir() and metrics.exists()
+          and len(metrics.read_text().splitlines()) >= 6):
         break
       time.sleep(0.05)
     proc.send_signal(sig)

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import sys
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -300,7 +299,9 @@ def prepare(builder_class: type[_FlaxbertBuilder], *, sources: dict[str, Sequenc
   with _lock(os.path.join(data_dir, f"{builder.name}-{builder.builder_config.name}.lock")):
     if not builder.is_prepared():
       log.info("preparing %s in %s", builder.name, builder.data_dir)
-      # TFDS prints its progress to stdout; keep stdout for the caller's own output (JSON).
-      with contextlib.redirect_stdout(sys.stderr):
+      # TFDS prints banners and progress bars of its own; our log lines above and the example
+      # counts say the same, so its output is dropped (stdout stays the caller's, e.g. JSON).
+      tfds.disable_progress_bar()
+      with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         builder.download_and_prepare(file_format="array_record")
   return builder

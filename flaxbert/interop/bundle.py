@@ -68,9 +68,19 @@ def save(directory: str, bundle: Bundle) -> None:
   os.replace(tmp, directory)
 
 
-def save_params(path: str, params) -> None:
+def _this_process_only():
+  """Orbax options for a save or restore done by this process alone (bundles are written by
+  one process; Orbax's default would wait for every process of a multi-host job)."""
   import orbax.checkpoint as ocp
-  checkpointer = ocp.StandardCheckpointer()
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"bundle{me}")
+
+
+def save_params(path: str, params) -> None:
+  """Writes host (numpy) parameters; multi-host callers gather them first."""
+  import orbax.checkpoint as ocp
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
   checkpointer.save(os.path.abspath(path), jax.tree.map(np.asarray, params))
   checkpointer.wait_until_finished()
   checkpointer.close()
@@ -81,7 +91,7 @@ def restore_params(path: str, abstract_params):
   import orbax.checkpoint as ocp
   if not os.path.isdir(path):
     raise FlaxbertError(f"{path}: no such parameter checkpoint")
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
   try:
     stored = checkpointer.metadata(os.path.abspath(path))
     stored_tree = getattr(stored, "item_metadata", stored)

@@ -42,13 +42,6 @@ def flops_per_token(config: BertConfig, seq_len: int) -> float:
   return 6 * matmul_params(config) + 12 * config.num_layers * config.hidden_size * seq_len
 
 
-def mfu(config: BertConfig, seq_len: int, tokens_per_s: float) -> float | None:
-  peak = device_peak_flops()
-  if peak is None:
-    return None
-  return flops_per_token(config, seq_len) * tokens_per_s / (peak * jax.device_count())
-
-
 class MetricsWriter:
   def __init__(self, workdir: str, resume_step: int, enabled: bool = True):
     self.enabled = enabled

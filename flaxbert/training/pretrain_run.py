@@ -13,8 +13,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,17 +22,13 @@ from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models.config import BertConfig, get_config
 from flaxbert.models.factory import build_model, dummy_inputs
+from flaxbert.training import loop, optim
 from flaxbert.training import mesh as mesh_lib
-from flaxbert.training import optim
-from flaxbert.training.checkpoint import RunCheckpoints
-from flaxbert.training.metrics import MetricsWriter, flops_per_token, mfu
-from flaxbert.training.progress import progress_bar
-from flaxbert.training.state import abstract_state, create_train_state
+from flaxbert.training.metrics import flops_per_token
 from flaxbert.training.step import make_eval_step, make_train_step, summarise
 
 log = logging.getLogger("flaxbert")
 
-EXIT_SIGTERM = 143
 RUN_CONFIG = "run_config.json"
 
 
@@ -49,7 +43,7 @@ class PretrainConfig:
   vocab_size: int = 8000
   lowercase: bool = False
   data_dir: str | None = None              # prepared datasets (default WORKDIR/data)
-  steps: int = 1000
+  steps: int | None = None                 # default: 300 for tiny, BERT's 1M otherwise
   batch_size: int = 32                     # global, all processes together
   seq_len: int = 128
   max_predictions: int | None = None
@@ -64,24 +58,29 @@ class PretrainConfig:
   clip_norm: float = 1.0
   seed: int = 0
   log_every: int = 10
-  eval_every: int = 200
+  eval_every: int = 100
   eval_batches: int = 4
-  checkpoint_every: int = 200
+  checkpoint_every: int = 100
   keep_checkpoints: int = 3
   async_checkpoints: bool = True
   progress: bool = True
 
+  @property
+  def total_steps(self) -> int:
+    # tiny is the README's main job: minutes on a laptop CPU. The others follow BERT.
+    return self.steps if self.steps is not None else (300 if self.model == "tiny" else 1_000_000)
+
   def optimizer_config(self) -> optim.OptimizerConfig:
     lr = self.learning_rate or (1e-3 if self.model == "tiny" else 1e-4)
-    warmup = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+    warmup = self.warmup_steps if self.warmup_steps is not None else self.total_steps // 10
     return optim.OptimizerConfig(
-        name=self.optimizer, learning_rate=lr, warmup_steps=warmup, total_steps=self.steps,
+        name=self.optimizer, learning_rate=lr, warmup_steps=warmup, total_steps=self.total_steps,
         schedule=self.schedule, weight_decay=self.weight_decay, clip_norm=self.clip_norm)
 
 
 def _check(cfg: PretrainConfig, mesh) -> None:
   dp = mesh_lib.data_parallel_size(mesh)
-  if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:
+  if cfg.total_steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 8:
     raise FlaxbertError("--steps and --batch-size must be positive and --seq-len at least 8")
   if cfg.batch_size % (dp * cfg.accum_steps):
     raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by data x fsdp "
@@ -158,114 +157,51 @@ def _batches(cfg, files, tokenizer_dir, seed, **kwargs):
       max_predictions=cfg.max_predictions, whole_word=cfg.whole_word, **kwargs)
 
 
-class _Sigterm:
-  """Turns SIGTERM into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.received = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    self.received = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
-  def any_process(self) -> bool:
-    if jax.process_count() == 1:
-      return self.received
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.received))))
-
-
 def pretrain(cfg: PretrainConfig) -> dict:
   """Runs (or resumes) pretraining; returns the last logged metrics."""
   os.makedirs(cfg.workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   _check(cfg, mesh)
-  is_main = jax.process_index() == 0
   train_files, eval_files, tokenizer_dir = prepare_text(cfg)
   from flaxbert.data.tokenizer import load_tokenizer
-  tokenizer = load_tokenizer(tokenizer_dir)
-  config = model_config(cfg, tokenizer.vocab_size)
+  config = model_config(cfg, load_tokenizer(tokenizer_dir).vocab_size)
   _write_run_config(cfg, config)
-
   model = build_model(config, "pretraining")
   opt_cfg = cfg.optimizer_config()
   tx = optim.make_optimizer(opt_cfg)
-  dummy = dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32))
-  data = _batches(cfg, train_files, tokenizer_dir, cfg.seed)
-  checkpoints = RunCheckpoints(os.path.join(cfg.workdir, "checkpoints"), cfg.keep_checkpoints,
-                               cfg.async_checkpoints)
-  target, shardings = abstract_state(model, tx, mesh, dummy)
-  restored = checkpoints.restore(target, data)
-  if restored is None:
-    state, shardings = create_train_state(model, tx, mesh, cfg.seed, dummy)
-    start = 0
-  else:
-    start, state = restored
-    log.info("flaxbert: resuming from step %d", start)
-  metrics_writer = MetricsWriter(cfg.workdir, start, enabled=is_main)
+  eval_step = jax.jit(make_eval_step(model))
 
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt_cfg),
-                                       cfg.accum_steps),
-                       in_shardings=(shardings, batch_sharding),
-                       out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(shardings.params, batch_sharding),
-                      out_shardings=mesh_lib.replicated(mesh))
-  tokens_per_step = cfg.batch_size * cfg.seq_len
-  sigterm = _Sigterm()
-  last: dict = {}
-  step = start
-  try:
-    with jax.set_mesh(mesh), progress_bar(total=cfg.steps, initial=start, desc="pretrain",
-                                          unit="step",
-                                          disable=not (is_main and cfg.progress)) as bar:
-      window_start, window_steps = time.perf_counter(), 0
-      while step < cfg.steps:
-        batch = mesh_lib.global_batch(next(data), mesh)
-        state, metrics = train_step(state, batch)
-        step += 1
-        window_steps += 1
-        bar.update(1)
-        boundary = step % cfg.log_every == 0 or step == cfg.steps
-        checkpoint_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
-        if boundary or checkpoint_due:
-          metrics = jax.device_get(metrics)
-          if not np.isfinite(metrics["loss"]):
-            checkpoints.wait()
-            raise FlaxbertError(
-                f"loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint "
-                f"(step {checkpoints.latest_step()}) is kept in {cfg.workdir}/checkpoints")
-        if boundary:
-          elapsed = time.perf_counter() - window_start
-          rate = window_steps / elapsed
-          last = {k: float(v) for k, v in metrics.items()}
-          last.update(seq_per_s=rate * cfg.batch_size, tokens_per_s=rate * tokens_per_step)
-          utilisation = mfu(config, cfg.seq_len, last["tokens_per_s"])
-          if utilisation is not None:
-            last["mfu"] = utilisation
-          if step % cfg.eval_every == 0 or step == cfg.steps:
-            last.update(_evaluate(cfg, eval_step, state.params, eval_files, tokenizer_dir, mesh))
-          metrics_writer.write(step, last)
-          bar.set_postfix(loss=f"{last['loss']:.3f}", mlm_acc=f"{last['mlm_accuracy']:.3f}")
-          window_start, window_steps = time.perf_counter(), 0
-        if checkpoint_due:
-          checkpoints.save(step, state, data)
-        if boundary and sigterm.any_process():
-          checkpoints.save(step, state, data, force=True)
-          checkpoints.close()
-          print(f"flaxbert: stopped by SIGTERM at step {step}; checkpoint saved. Re-run the "
-                "same command to resume.", flush=True)
-          raise SystemExit(EXIT_SIGTERM)
-    checkpoints.close()
-    if is_main:
-      export_bundle(cfg.workdir, os.path.join(cfg.workdir, "bundle"), params=state.params)
-  finally:
-    sigterm.restore()
-    metrics_writer.close()
+  def evaluate(params, step):
+    return _evaluate(cfg, eval_step, params, eval_files, tokenizer_dir, mesh)
+
+  loop_cfg = loop.LoopConfig(
+      workdir=cfg.workdir, total_steps=cfg.total_steps, log_every=cfg.log_every,
+      eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+      keep_checkpoints=cfg.keep_checkpoints, async_checkpoints=cfg.async_checkpoints,
+      progress=cfg.progress, desc="pretrain", seed=cfg.seed,
+      tokens_per_step=cfg.batch_size * cfg.seq_len,
+      flops_per_token=flops_per_token(config, cfg.seq_len))
+  result = loop.run(
+      loop_cfg, model=model, tx=tx, mesh=mesh,
+      dummy_inputs=dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32)),
+      train_step=make_train_step(model, tx, optim.learning_rate_schedule(opt_cfg),
+                                 cfg.accum_steps),
+      data=_batches(cfg, train_files, tokenizer_dir, cfg.seed), evaluate=evaluate)
+  params = host_params(result.state.params)  # a collective: every process takes part
+  if jax.process_index() == 0:
+    export_bundle(cfg.workdir, os.path.join(cfg.workdir, "bundle"), params=params)
+  last = dict(result.last_metrics)
+  if "tokens_per_s" in last:
+    last["seq_per_s"] = last["tokens_per_s"] / cfg.seq_len
   return last
+
+
+def host_params(params):
+  """The full parameter values as numpy arrays on every process (sharded arrays gathered)."""
+  if jax.process_count() == 1:
+    return jax.device_get(params)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(params, tiled=True)
 
 
 def _evaluate(cfg, eval_step, params, eval_files, tokenizer_dir, mesh) -> dict:

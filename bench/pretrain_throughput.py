@@ -1,0 +1,115 @@
+"""Pretraining throughput of the real flaxbert train step (optimizer, sharding, metrics included).
+
+Prints one JSON object: per row seq/s, tokens/s, MFU (6N + 12*L*H*S FLOPs per token against
+the device's dense bf16 peak), step time and peak device memory. Batches are random tokens
+with BERT's shapes (15% masked positions, NSP labels), already on device, so the input
+pipeline is not measured here (see bench/input_pipeline.py).
+
+    python bench/pretrain_throughput.py                 # rows for the devices present
+    python bench/pretrain_throughput.py --rows base:128:256 large:128:128 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxbert.models.config import PRESETS
+from flaxbert.models.factory import build_model, dummy_inputs, param_count
+from flaxbert.training import mesh as mesh_lib, optim
+from flaxbert.training.metrics import device_peak_flops, flops_per_token
+from flaxbert.training.state import create_train_state
+from flaxbert.training.step import make_train_step
+
+NAMES = {"tiny": "tiny", "base": "bert_12_768_12", "large": "bert_24_1024_16"}
+GPU_ROWS = ["base:128:256", "base:512:64", "large:128:128"]
+CPU_ROWS = ["tiny:128:32"]
+
+
+def random_batch(rng, batch, seq, vocab):
+  predictions = math.ceil(0.15 * seq)
+  return {
+      "input_ids": rng.integers(5, vocab, (batch, seq)).astype(np.int32),
+      "segment_ids": (np.arange(seq)[None] >= seq // 2).repeat(batch, 0).astype(np.int32),
+      "input_mask": np.ones((batch, seq), np.int32),
+      "masked_positions": np.sort(rng.integers(1, seq, (batch, predictions)), 1).astype(np.int32),
+      "masked_ids": rng.integers(5, vocab, (batch, predictions)).astype(np.int32),
+      "masked_weights": np.ones((batch, predictions), np.float32),
+      "nsp_label": rng.integers(0, 2, (batch,)).astype(np.int32),
+  }
+
+
+def measure(name, seq, batch, steps, dtype, mesh_spec, overrides):
+  config = PRESETS[NAMES.get(name, name)].replace(dtype=dtype, vocab_size=30592,
+                                                  max_position_embeddings=max(512, seq),
+                                                  **overrides)
+  model = build_model(config, "pretraining")
+  opt = optim.OptimizerConfig(learning_rate=1e-4, warmup_steps=10, total_steps=10_000)
+  tx = optim.make_optimizer(opt)
+  mesh = mesh_lib.make_mesh(mesh_spec)
+  dummy = dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32))
+  state, shardings = create_train_state(model, tx, mesh, 0, dummy)
+  step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt)),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  batches = [mesh_lib.global_batch(random_batch(rng, batch, seq, config.vocab_size), mesh)
+             for _ in range(2)]
+  with jax.set_mesh(mesh):
+    t0 = time.perf_counter()
+    state, metrics = step(state, batches[0])
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    for i in range(2):  # warm-up
+      state, metrics = step(state, batches[i % 2])
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for i in range(steps):
+      state, metrics = step(state, batches[i % 2])
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - t0
+  step_s = elapsed / steps
+  tokens_per_s = batch * seq / step_s
+  peak = device_peak_flops()
+  stats = jax.devices()[0].memory_stats() or {}
+  return {
+      "config": name, "seq_len": seq, "batch_size": batch, "dtype": dtype,
+      "parameters": param_count(state.params), "step_s": step_s,
+      "seq_per_s": batch / step_s, "tokens_per_s": tokens_per_s,
+      "mfu": (flops_per_token(config, seq) * tokens_per_s / (peak * jax.device_count())
+              if peak else None),
+      "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+      "compile_s": compile_s, "final_loss": float(metrics["loss"]),
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rows", nargs="+", help="CONFIG:SEQ:BATCH (config tiny|base|large)")
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--dtype", default=None, help="default bfloat16 on GPU/TPU, float32 on CPU")
+  parser.add_argument("--mesh", default=None)
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  args = parser.parse_args()
+  accelerator = jax.default_backend() != "cpu"
+  rows = args.rows or (GPU_ROWS if accelerator else CPU_ROWS)
+  dtype = args.dtype or ("bfloat16" if accelerator else "float32")
+  overrides = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+               for k, v in (s.split("=", 1) for s in args.set)}
+  results = []
+  for row in rows:
+    name, seq, batch = row.split(":")
+    results.append(measure(name, int(seq), int(batch), args.steps, dtype, args.mesh, overrides))
+  print(json.dumps({"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+                    "backend": jax.default_backend(), "jax": jax.__version__,
+                    "rows": results}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

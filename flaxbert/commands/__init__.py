@@ -1,0 +1,11 @@
+"""The `flaxbert` subcommands, one module per family; each module has `register(subparsers)`."""
+
+import importlib
+
+# Order is the order of `flaxbert --help`.
+MODULES = ("pretrain", "convert", "embed", "tokenizer")
+
+
+def register_all(subparsers) -> None:
+  for name in MODULES:
+    importlib.import_module(f"flaxbert.commands.{name}").register(subparsers)
