@@ -3,7 +3,7 @@
 import importlib
 
 # Order is the order of `flaxbert --help`.
-MODULES = ("pretrain", "convert", "embed", "tokenizer")
+MODULES = ("pretrain", "export", "convert", "embed", "tokenizer")
 
 
 def register_all(subparsers) -> None:

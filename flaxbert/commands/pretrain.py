@@ -1,4 +1,4 @@
-"""`flaxbert pretrain` and `flaxbert export`."""
+"""`flaxbert pretrain` (also `python -m pretrain`)."""
 
 from __future__ import annotations
 
@@ -68,12 +68,6 @@ def run_pretrain(args) -> None:
     print(f"pretraining done: {shown}; bundle in {args.workdir}/bundle")
 
 
-def run_export(args) -> None:
-  from flaxbert.training.pretrain_run import export_bundle
-  export_bundle(args.workdir, args.out)
-  print(f"wrote bundle {args.out}")
-
-
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, bundle")
   p.add_argument("--config", default="tiny", help="tiny, bert_12_768_12, bert_24_1024_16, or "
@@ -126,8 +120,3 @@ def register(sub) -> None:
   p = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP), sharded, resumable")
   add_pretrain_arguments(p)
   p.set_defaults(func=run_pretrain)
-
-  p = sub.add_parser("export", help="write the bundle of a run's latest checkpoint")
-  p.add_argument("workdir")
-  p.add_argument("--out", required=True, help="new bundle directory")
-  p.set_defaults(func=run_export)
