@@ -18,9 +18,9 @@ from flaxbert.models.config import BertConfig
 def gather_positions(x_BxLxD, positions_BxP):
   """Hidden states at the given positions: B x P x D (BERT's gather_indexes).
 
-  Written as a one-hot matmul rather than a gather: its gradient is a plain matmul too, which
-  partitions correctly on every mesh (XLA's SPMD partitioner mis-sharded the gather's
-  scatter-add gradient on a data x fsdp x tensor mesh), and costs < 0.1% of a training step.
+  Written as a one-hot matmul rather than a gather (its gradient is a plain matmul too) at
+  < 0.1% of a training step. (The wrong gradients once blamed on the gather's scatter-add came
+  from the MLM decoder's backward dot; see MLMHead.)
   HIGHEST precision keeps the selection exact for float32 on TPUs and TF32 GPUs.
   """
   one_hot_BxPxL = jax.nn.one_hot(positions_BxP, x_BxLxD.shape[1], dtype=x_BxLxD.dtype)
@@ -38,6 +38,13 @@ class MLMHead(nn.Module):
     cfg = self.config
     h_BxPxD = dense(cfg, cfg.hidden_size, ("embed", "mlp"), "transform")(x_BxPxD)
     h_BxPxD = layer_norm(cfg, "transform_norm")(activation(cfg.hidden_act)(h_BxPxD))
+    # Pin the head's hidden states like every block boundary (embed unsharded for activations).
+    # Without it XLA propagated `tensor` onto their embed dim (from the transform's "mlp"
+    # output), and the decoder's backward dot d(h) = d(logits) @ table -- lhs batch over
+    # (data, fsdp) and vocab over tensor, table's embed dim over fsdp, result embed over tensor --
+    # is miscompiled by XLA's SPMD partitioner on a data x fsdp x tensor mesh (batch shards
+    # permuted and never permuted back: wrong gradients). See bench/xla_sharding_bug_repro.py.
+    h_BxPxD = nn.with_logical_constraint(h_BxPxD, ("batch", None, "embed"))
     logits_BxPxV = jnp.einsum("bpd,vd->bpv", h_BxPxD.astype(cfg.dtype),
                               word_table_VxD.astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
