@@ -11,6 +11,7 @@ that takes a bundle takes an HF model too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -49,23 +50,31 @@ class Bundle:
     return iter((self.model, self.params, self.tokenizer))
 
 
-def save(directory: str, bundle: Bundle) -> None:
-  """Writes a bundle into a new directory, atomically: a partial bundle is never left behind."""
+@contextlib.contextmanager
+def new_directory(directory: str):
+  """Yields a temporary sibling of `directory` to fill, then renames it into place, so a
+  failure or a kill never leaves a half-written output. Refuses a non-empty `directory`."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory):
     raise FlaxbertError(f"{directory}: already exists and is not empty; choose a new --out")
   tmp = directory + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  bundle.tokenizer.save(os.path.join(tmp, "tokenizer"))
-  save_params(os.path.join(tmp, "params"), bundle.params)
-  write_json(os.path.join(tmp, "config.json"), {
-      "format": FORMAT, "format_version": FORMAT_VERSION, "model": "bert",
-      "config": bundle.config.to_dict(), "head": bundle.head,
-      "num_labels": getattr(bundle.model, "num_labels", None), "labels": bundle.labels})
+  yield tmp
   if os.path.isdir(directory):
     os.rmdir(directory)  # empty, checked above
   os.replace(tmp, directory)
+
+
+def save(directory: str, bundle: Bundle) -> None:
+  """Writes a bundle into a new directory, atomically."""
+  with new_directory(directory) as tmp:
+    bundle.tokenizer.save(os.path.join(tmp, "tokenizer"))
+    save_params(os.path.join(tmp, "params"), bundle.params)
+    write_json(os.path.join(tmp, "config.json"), {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "model": "bert",
+        "config": bundle.config.to_dict(), "head": bundle.head,
+        "num_labels": getattr(bundle.model, "num_labels", None), "labels": bundle.labels})
 
 
 def _this_process_only():
@@ -191,16 +200,9 @@ def _check_vocab(config: BertConfig, tokenizer: Tokenizer, source: str) -> None:
 
 def export_hf(bundle: Bundle, directory: str) -> None:
   """Writes the bundle as an HF BERT checkpoint directory (config, safetensors, tokenizer)."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and os.listdir(directory):
-    raise FlaxbertError(f"{directory}: already exists and is not empty; choose a new --out")
-  tmp = directory + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  hf.write_hf_checkpoint(tmp, bundle.params, bundle.config, bundle.head, bundle.labels)
-  bundle.tokenizer.save(tmp)
+  with new_directory(directory) as tmp:
+    hf.write_hf_checkpoint(tmp, bundle.params, bundle.config, bundle.head, bundle.labels)
+    bundle.tokenizer.save(tmp)
   if bundle.tokenizer.kind != "wordpiece":
     log.warning("flaxbert: the tokenizer is %s; transformers' BertTokenizer cannot read it, "
                 "load %s/spm.model with sentencepiece", bundle.tokenizer.kind, directory)
-  if os.path.isdir(directory):
-    os.rmdir(directory)
-  os.replace(tmp, directory)
