@@ -126,3 +126,13 @@ def test_bad_input_exit_code_from_the_console_entry_point(tmp_path):
                                "--output", tmp_path / "o.npz")
   assert rc == 2 and stderr.strip() == f"flaxbert: error: {tmp_path / 'missing'}: no such " \
       "bundle or checkpoint directory"
+
+
+def test_python_dash_m_pretrain_is_the_same_launcher():
+  import subprocess
+  import sys
+  from conftest import REPO
+  proc = subprocess.run([sys.executable, "-m", "pretrain", "--help"], capture_output=True,
+                        text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("usage: flaxbert pretrain") and "--mesh" in proc.stdout

@@ -205,3 +205,21 @@ def test_export_and_bad_settings(corpus_and_tokenizer, tmp_path):
                          (["--set", "num_heads=5"], "not divisible")):
     rc, _, err = run_cli(*launcher_args(tmp_path / "bad", corpus_and_tokenizer, 4), *extra)
     assert rc == 2 and message in err and "Traceback" not in err, (extra, err[-2000:])
+
+
+def test_ahead_of_time_compile_report():
+  from flaxbert.errors import FlaxbertError
+  from flaxbert.training import aot
+  from flaxbert.training.pretrain_run import PretrainConfig
+  cfg = PretrainConfig(workdir="unused", model="tiny", vocab_size=1000, batch_size=8,
+                       seq_len=64, steps=10)
+  report = aot.compile_report(cfg, jax.devices())
+  memory = report["per_chip_memory"]
+  assert report["chips"] == 1 and 5e5 < report["parameters"] < 1e6  # tiny, vocab 1024
+  assert memory["arguments_gib"] > 0 and memory["temporaries_gib"] > 0
+  assert memory["peak_estimate_gib"] >= memory["arguments_gib"]
+  # 6N + 12LHS per token, N = 2 layers x (4 x 128^2 + 2 x 128 x 512)
+  assert report["model_flops_per_step"] == (6 * 2 * (4 * 128**2 + 2 * 128 * 512)
+                                            + 12 * 2 * 128 * 64) * 8 * 64
+  with pytest.raises(FlaxbertError, match="v9z:1x1"):
+    aot.topology_devices("v9z:1x1")

@@ -38,8 +38,14 @@ def topology_devices(name: str, chip_config: str = "megacore", num_slices: int =
 def compile_for_topology(cfg, topology: str, chip_config: str = "megacore",
                          num_slices: int = 1) -> dict:
   """Lowers and compiles the train step of `cfg` for `topology`; returns a report dict."""
+  report = compile_report(cfg, topology_devices(topology, chip_config, num_slices))
+  return {"topology": topology, **report}
+
+
+def compile_report(cfg, devices) -> dict:
+  """Compiles the train step of `cfg` over `devices` (real or from a topology description)
+  without running it: per-chip memory and FLOPs per step."""
   from flaxbert.training.pretrain_run import model_config
-  devices = topology_devices(topology, chip_config, num_slices)
   mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
   dp = mesh_lib.data_parallel_size(mesh)
   if cfg.batch_size % (dp * cfg.accum_steps):
@@ -82,7 +88,7 @@ def compile_for_topology(cfg, topology: str, chip_config: str = "megacore",
   xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
   model_flops = flops_per_token(config, s) * b * s
   return {
-      "topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
+      "chips": len(devices), "device_kind": devices[0].device_kind,
       "mesh": dict(mesh.shape), "model": cfg.model, "parameters": param_count(state.params),
       "batch_size": b, "seq_len": s, "accum_steps": cfg.accum_steps,
       "per_chip_memory": per_chip,
