@@ -3,7 +3,7 @@
 import importlib
 
 # Order is the order of `flaxbert --help`.
-MODULES = ("pretrain", "export", "convert", "embed", "tokenizer")
+MODULES = ("pretrain", "finetune", "predict", "export", "convert", "embed", "tokenizer")
 
 
 def register_all(subparsers) -> None:

@@ -59,17 +59,25 @@ def run_pretrain(args) -> None:
     print(json.dumps(report, indent=2))
     return
   _init_distributed(args)
-  from flaxbert.training.pretrain_run import pretrain
-  last = pretrain(cfg)
+  if args.model == "encdec":
+    from flaxbert.training.seq2seq_run import pretrain_encdec
+    last = pretrain_encdec(cfg)
+  else:
+    from flaxbert.training.pretrain_run import pretrain
+    last = pretrain(cfg)
   import jax
   if jax.process_index() == 0:
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "mlm_loss", "mlm_accuracy",
-                                                       "eval_loss") if k in last)
+                                                       "token_accuracy", "eval_loss")
+                      if k in last)
     print(f"pretraining done: {shown}; bundle in {args.workdir}/bundle")
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, bundle")
+  p.add_argument("--model", default="bert", choices=("bert", "encdec"),
+                 help="bert: MLM + NSP; encdec: encoder-decoder with T5 span corruption over "
+                 "chunks of --seq-len tokens (--config tiny or transformer_base)")
   p.add_argument("--config", default="tiny", help="tiny, bert_12_768_12, bert_24_1024_16, or "
                  "an HF config.json (default tiny)")
   p.add_argument("--corpus", nargs="+", metavar="FILE", help="BERT-format text: one sentence "

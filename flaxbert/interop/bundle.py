@@ -140,6 +140,9 @@ def load(path: str, *, head: str | None = None, num_labels: int | None = None,
     raise FlaxbertError(f"{path}: no such bundle or checkpoint directory")
   config_path = os.path.join(path, "config.json")
   meta = read_json(config_path)
+  if meta.get("format") == FORMAT and meta.get("model", "bert") == "encdec":
+    from flaxbert.interop import encdec_bundle
+    return encdec_bundle.load_bundle(path, meta)   # one head (seq2seq): nothing to re-head
   if meta.get("format") == FORMAT:
     bundle = _load_bundle(path, meta)
   elif "model_type" in meta:

@@ -1,0 +1,58 @@
+"""Sharded seq2seq training on a fake 8-device mesh matches one device. The test runs this
+file as a subprocess with 8 host devices; run directly it prints per-mesh losses as JSON."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+MESHES = [None, "data=8", "fsdp=8", "data=4,tensor=2"]
+
+
+def _losses(spec, steps=6):
+  import jax
+  from flaxbert.models.encdec import EncDecModel, dummy_inputs
+  from flaxbert.models.encdec_config import get_config
+  from flaxbert.training import mesh as mesh_lib, optim, seq2seq_step
+  from flaxbert.training.state import create_train_state
+  model = EncDecModel(get_config("tiny", vocab_size=128, hidden_dropout=0.0))
+  opt = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=steps)
+  tx = optim.make_optimizer(opt)
+  mesh = mesh_lib.make_mesh(spec, devices=jax.devices()[:1] if spec is None else None)
+  state, shardings = create_train_state(model, tx, mesh, 0, dummy_inputs())
+  step = jax.jit(seq2seq_step.make_train_step(model, tx, optim.learning_rate_schedule(opt)),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  out = []
+  with jax.set_mesh(mesh):
+    for _ in range(steps):
+      src = rng.integers(4, 128, (16, 12)).astype(np.int32)
+      tgt = rng.integers(4, 128, (16, 10)).astype(np.int32)
+      smask = (np.arange(12)[None] < rng.integers(3, 13, (16, 1))).astype(np.int32)
+      tmask = (np.arange(10)[None] < rng.integers(2, 11, (16, 1))).astype(np.int32)
+      batch = {"source_ids": src * smask, "source_mask": smask, "target_ids": tgt * tmask,
+               "target_mask": tmask}
+      state, metrics = step(state, mesh_lib.global_batch(batch, mesh))
+      out.append(float(metrics["loss"]))
+  return out
+
+
+def test_sharded_meshes_match_one_device():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=repo)
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True,
+                        text=True, env=env, timeout=900, cwd=repo)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  reference = np.array(results.pop("None"))
+  assert reference[-1] < reference[0]
+  for mesh, losses in results.items():
+    assert np.abs(np.array(losses) - reference).max() <= 1e-5, (mesh, losses, reference)
+
+
+if __name__ == "__main__":
+  print(json.dumps({str(spec): _losses(spec) for spec in MESHES}))
