@@ -56,7 +56,7 @@ def test_pretrain_finetune_predict(tmp_path):
     assert len(hyps) == len(references) == 40
     assert final[f"dev_bleu_{name}"] == sacrebleu.corpus_bleu(hyps, [references]).score
     assert final[f"dev_chrf_{name}"] == sacrebleu.corpus_chrf(hyps, [references]).score
-  assert os.path.isfile(run / "best_bundle" / "config.json")
+  assert os.path.isfile(run / "best" / "config.json")
 
   sources = tmp_path / "sources.txt"
   sources.write_text("food chain\nwalk-in clinics\n\nburner gas\n", encoding="utf-8")

@@ -20,7 +20,7 @@ def run(args) -> None:
   shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("dev_bleu")
                     or k.startswith("dev_chrf") or k == "loss")
   print(f"seq2seq fine-tuning done: {shown}; bundle in {args.workdir}/bundle, best dev "
-        f"bundle in {args.workdir}/best_bundle, predictions in {args.workdir}/predictions")
+        f"bundle in {args.workdir}/best, predictions in {args.workdir}/predictions")
 
 
 def register(tasks) -> None:

@@ -6,7 +6,7 @@ resume, metrics.jsonl/TensorBoard, progress, SIGTERM and non-finite-loss handlin
 Fine-tuning evaluates on the dev set every `eval_every` steps: label-smoothed loss, then
 greedy decoding scored with sacrebleu (BLEU, chrF) against the dev targets as written in the
 TSV; the predictions are written to WORKDIR/predictions/dev_greedy_step{N}.txt and the
-best-BLEU parameters to WORKDIR/best_bundle. At the last step beam search is scored too
+best-BLEU parameters to WORKDIR/best. At the last step beam search is scored too
 (dev_beam{K}_step{N}.txt). WORKDIR/bundle holds the final parameters.
 
 With `init` (a bundle, e.g. from encdec pretraining), its tokenizer and config are used and
@@ -182,7 +182,7 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
     _seed_from_bundle(cfg, model, tx, mesh, dummy, init.params, train_batches)
   eval_step = jax.jit(seq2seq_step.make_eval_step(model, cfg.label_smoothing))
   sources, references = dev_pairs(cfg.dev, cfg.eval_examples)
-  best_path = os.path.join(cfg.workdir, "best_bundle")
+  best_path = os.path.join(cfg.workdir, "best")
   best_file = os.path.join(best_path, "config.json")
   best = {"bleu": read_json(best_file).get("dev_bleu", -1.0) if os.path.isfile(best_file)
           else -1.0}
