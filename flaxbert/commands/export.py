@@ -1,16 +1,43 @@
-"""`flaxbert export WORKDIR --out BUNDLE`: the bundle of a training run's newest checkpoint."""
+"""`flaxbert export`: a training run's newest checkpoint as a bundle, or a bundle for serving.
+
+  flaxbert export WORKDIR --out BUNDLE                  the bundle of a run's newest checkpoint
+  flaxbert export BUNDLE --serving --out DIR [--int8]   StableHLO + params + tokenizer +
+                                                        manifest; see flaxbert.interop.serving
+"""
 
 from __future__ import annotations
 
+from flaxbert.errors import FlaxbertError
+
 
 def run_export(args) -> None:
+  if args.serving:
+    from flaxbert.interop import bundle as bundle_lib
+    from flaxbert.interop.serving import export_serving
+    manifest = export_serving(bundle_lib.load(args.source), args.out, int8=args.int8)
+    sizes = manifest["files"]
+    detail = (f", int8 dense kernels: parameters {manifest['params']['reduction']}x smaller"
+              if args.int8 else "")
+    print(f"wrote serving export {args.out} ({manifest['head']} head, "
+          f"{manifest['compute_dtype']}, {', '.join(manifest['platforms'])}; "
+          f"{sum(sizes.values()) / 1e6:.1f} MB{detail})")
+    return
+  if args.int8:
+    raise FlaxbertError("--int8 applies to serving exports: add --serving")
   from flaxbert.training.pretrain_run import export_bundle
-  export_bundle(args.workdir, args.out)
+  export_bundle(args.source, args.out)
   print(f"wrote bundle {args.out}")
 
 
 def register(sub) -> None:
-  p = sub.add_parser("export", help="write the bundle of a run's latest checkpoint")
-  p.add_argument("workdir")
-  p.add_argument("--out", required=True, help="new bundle directory")
+  p = sub.add_parser("export", help="write the bundle of a run's latest checkpoint, or export "
+                     "a bundle for serving (--serving)")
+  p.add_argument("source", metavar="WORKDIR|BUNDLE",
+                 help="training run directory; with --serving a bundle or HF BERT directory")
+  p.add_argument("--out", required=True, help="new output directory")
+  p.add_argument("--serving", action="store_true",
+                 help="export the inference function as StableHLO (jax.export) with its "
+                 "parameters, tokenizer and manifest.json; load with flaxbert.serving.load")
+  p.add_argument("--int8", action="store_true",
+                 help="with --serving: store the dense kernels as int8 (per-channel scales)")
   p.set_defaults(func=run_export)

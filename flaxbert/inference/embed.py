@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.errors import FlaxbertError
+from flaxbert.inference import bucketing
 from flaxbert.inference.text_input import read_text_lines
 from flaxbert.interop.bundle import Bundle
 from flaxbert.models.heads import BertEncoder
@@ -32,32 +31,49 @@ def encode_rows(tokenizer, rows, max_length: int) -> tuple[np.ndarray, np.ndarra
   return input_ids, segment_ids, input_mask
 
 
-def embed_arrays(bundle: Bundle, input_ids, segment_ids, input_mask, batch_size: int,
-                 show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """Hidden (N x S x H, zero at padding) and pooled (N x H) float32 features."""
-  encoder = BertEncoder(bundle.config)
+def inference_config(config):
+  """The config features are computed in: bfloat16 on GPU/TPU, float32 on CPU."""
+  from flaxbert.interop.serving import inference_dtype
+  return config.replace(dtype=inference_dtype())
+
+
+def make_features_fn(bundle: Bundle):
+  """{input_ids, segment_ids, input_mask} [B, L] -> {"hidden" (zero at padding), "pooled"}."""
+  encoder = BertEncoder(inference_config(bundle.config))
   params = {"params": {"bert": bundle.params["bert"]}}
 
-  @jax.jit
-  def features(ids, segments, mask):
-    out = encoder.apply(params, ids, segments, mask)
-    return out["hidden"] * mask[..., None], out["pooled"]
+  def features(batch):
+    out = encoder.apply(params, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
+    return {"hidden": out["hidden"] * batch["input_mask"][..., None], "pooled": out["pooled"]}
 
-  n = len(input_ids)
-  hidden = np.zeros(input_ids.shape + (bundle.config.hidden_size,), np.float32)
-  pooled = np.zeros((n, bundle.config.hidden_size), np.float32)
-  with progress_bar(total=n, desc="embed", unit="text", disable=not show_progress) as bar:
-    for start in range(0, n, batch_size):
-      stop = min(start + batch_size, n)
-      # Pad the last batch to full size so every batch reuses one compiled function.
-      pad = batch_size - (stop - start)
-      batch = [np.pad(x[start:stop], ((0, pad), (0, 0))) for x in
-               (input_ids, segment_ids, input_mask)]
-      h, p = features(*map(jnp.asarray, batch))
-      hidden[start:stop] = np.asarray(h)[:stop - start]
-      pooled[start:stop] = np.asarray(p)[:stop - start]
-      bar.update(stop - start)
-  return hidden, pooled
+  return features
+
+
+def embed_rows(bundle: Bundle, rows, batch_size: int, buckets=None,
+               show_progress: bool = True, fn=None) -> dict[str, list]:
+  """Per-row {"hidden" (length x H), "pooled" (H)} for unpadded rows, in input order, with
+  length-bucketed batches; `fn` (a CompiledCache of `make_features_fn`) may be reused across
+  calls so compiled shapes are kept."""
+  fn = fn or bucketing.CompiledCache(make_features_fn(bundle))
+  buckets = buckets or bucketing.default_buckets(max(len(r["input_ids"]) for r in rows))
+  with progress_bar(total=len(rows), desc="embed", unit="text",
+                    disable=not show_progress) as bar:
+    return bucketing.run_bucketed(fn, rows, batch_size, buckets, per_token=("hidden",),
+                                  pad_values={"input_ids": bundle.tokenizer.pad_id},
+                                  progress=bar.update)
+
+
+def embed_arrays(bundle: Bundle, input_ids, segment_ids, input_mask, batch_size: int,
+                 show_progress: bool = True, buckets=None) -> tuple[np.ndarray, np.ndarray]:
+  """Hidden (N x S x H, zero at padding) and pooled (N x H) float32 features of padded
+  arrays; computed in length buckets (`buckets=(S,)` gives the old one-length batches)."""
+  lengths = np.asarray(input_mask).sum(axis=1)
+  rows = [{"input_ids": input_ids[i, :n], "segment_ids": segment_ids[i, :n],
+           "input_mask": input_mask[i, :n]} for i, n in enumerate(lengths)]
+  buckets = buckets or bucketing.default_buckets(input_ids.shape[1])
+  out = embed_rows(bundle, rows, batch_size, buckets, show_progress)
+  hidden = bucketing.stack_padded(out["hidden"], input_ids.shape[1]).astype(np.float32)
+  return hidden, np.stack(out["pooled"]).astype(np.float32)
 
 
 def embed_file(bundle: Bundle, input_path: str, output_path: str, *, max_length: int = 128,

@@ -1,0 +1,145 @@
+"""Length-bucketed batching for inference: sort rows by length, pad each batch only to the
+smallest bucket length that holds it, run, and put the outputs back in input order.
+
+Padding every batch to the longest row wastes most of the compute on short texts; padding to
+the exact batch maximum would compile a new function for every length. A few bucket lengths
+(powers of two up to the maximum) bound the number of compiled shapes, and `CompiledCache`
+keeps one compiled function per (batch, bucket) shape across batches and calls.
+
+Rows never interact in the model (attention is masked per row), so the outputs equal those of
+the unbucketed path.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+# Sequence inputs of BERT-style models and the value their padding takes (mask 0 = padding).
+DEFAULT_PAD = {"input_ids": 0, "segment_ids": 0, "input_mask": 0}
+
+
+def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
+  """Powers of two from `smallest` below `max_length`, then `max_length` itself."""
+  buckets, length = [], smallest
+  while length < max_length:
+    buckets.append(length)
+    length *= 2
+  return tuple(buckets) + (max_length,)
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+  for bucket in sorted(buckets):
+    if length <= bucket:
+      return bucket
+  raise ValueError(f"a row of {length} tokens is longer than the largest bucket "
+                   f"{max(buckets)}")
+
+
+class CompiledCache:
+  """`jax.jit(fn)` compiled ahead of time once per input shape signature and reused.
+
+  (jit's own cache does the same; this one makes the compiled shapes explicit: `shapes`
+  lists them, so callers and tests can see how many compilations a run needed.)
+  """
+
+  def __init__(self, fn: Callable):
+    import jax
+    self._jitted = jax.jit(fn)
+    self._compiled: dict = {}
+
+  @property
+  def shapes(self) -> list:
+    return list(self._compiled)
+
+  def __call__(self, batch: dict):
+    key = tuple(sorted((name, tuple(np.shape(x)), str(np.asarray(x).dtype))
+                       for name, x in batch.items()))
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self._compiled[key] = self._jitted.lower(batch).compile()
+    return compiled(batch)
+
+
+def row_lengths(rows: Sequence[dict], length_key: str = "input_ids") -> np.ndarray:
+  return np.array([len(row[length_key]) for row in rows], np.int64)
+
+
+def run_bucketed(fn: Callable[[dict], dict], rows: Sequence[dict], batch_size: int,
+                 buckets: Sequence[int], *, per_token: Sequence[str] = (),
+                 pad_values: dict | None = None, length_key: str = "input_ids",
+                 progress: Callable[[int], None] | None = None) -> dict[str, list]:
+  """Runs `fn` over `rows` in length-sorted, bucket-padded batches.
+
+  rows: one dict per example of 1-d arrays of that example's length (say input_ids,
+    segment_ids, input_mask, unpadded).
+  fn: a dict of [batch_size, bucket] arrays -> a dict of arrays with a leading batch axis
+    (a `CompiledCache`, a jitted function, or an exported function's `call`). Every call
+    gets exactly `batch_size` rows: a short last batch is filled with copies of its first row
+    (real data, so no all-padding row can produce NaNs), whose outputs are dropped.
+  per_token: outputs whose axis 1 is the sequence axis; each row's slice is cut to its own
+    length. Other outputs are returned per row as they are.
+  pad_values: padding value per input name (default 0 for every input).
+  progress: called with the number of rows finished after each batch.
+
+  Returns {output name: [one array per row, in input order]}.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  if not rows:
+    return {}
+  pad_values = {**DEFAULT_PAD, **(pad_values or {})}
+  lengths = row_lengths(rows, length_key)
+  # Stable sort, so equal-length rows keep their relative order (deterministic batches).
+  order = np.argsort(lengths, kind="stable")
+  results: dict[str, list] = {}
+  for start in range(0, len(order), batch_size):
+    members = order[start:start + batch_size]
+    bucket = bucket_for(int(lengths[members].max()), buckets)
+    filled = list(members) + [members[0]] * (batch_size - len(members))
+    batch = {}
+    for name in rows[members[0]]:
+      column = np.full((batch_size, bucket), pad_values.get(name, 0),
+                       np.asarray(rows[members[0]][name]).dtype)
+      for slot, index in enumerate(filled):
+        value = rows[index][name]
+        column[slot, :len(value)] = value
+      batch[name] = column
+    outputs = fn(batch)
+    for name, value in outputs.items():
+      value = np.asarray(value)
+      column = results.setdefault(name, [None] * len(rows))
+      for slot, index in enumerate(members):
+        column[index] = value[slot, :lengths[index]] if name in per_token else value[slot]
+    if progress is not None:
+      progress(len(members))
+  return results
+
+
+def stack_padded(arrays: Sequence[np.ndarray], length: int | None = None,
+                 fill=0) -> np.ndarray:
+  """Per-row arrays of different lengths (axis 0) as one [rows, length, ...] array."""
+  length = max(len(a) for a in arrays) if length is None else length
+  first = np.asarray(arrays[0])
+  out = np.full((len(arrays), length) + first.shape[1:], fill, first.dtype)
+  for i, a in enumerate(arrays):
+    out[i, :len(a)] = a
+  return out
+
+
+def rows_from_texts(tokenizer, texts: Sequence[tuple[str, str | None]],
+                    max_length: int) -> list[dict]:
+  """(text_a, text_b or None) pairs -> the unpadded rows `run_bucketed` takes:
+  {"input_ids", "segment_ids", "input_mask"} int32 arrays, [CLS]/[SEP] added, truncated to
+  `max_length` tokens."""
+  a_ids = tokenizer.encode_batch([a for a, _ in texts])
+  pairs = [(i, b) for i, (_, b) in enumerate(texts) if b is not None]
+  b_ids = dict(zip((i for i, _ in pairs), tokenizer.encode_batch([b for _, b in pairs])))
+  rows = []
+  for i in range(len(texts)):
+    ids, segments = tokenizer.build_inputs(a_ids[i], b_ids.get(i), max_length)
+    rows.append({"input_ids": np.asarray(ids, np.int32),
+                 "segment_ids": np.asarray(segments, np.int32),
+                 "input_mask": np.ones(len(ids), np.int32)})
+  return rows

@@ -1,0 +1,168 @@
+"""Serving export: a bundle's inference function as serialized StableHLO (`jax.export`).
+
+    DIR/model.stablehlo   jax.export serialization of f(params, input_ids, segment_ids,
+                          input_mask) -> {output name: array}; batch and sequence length are
+                          symbolic ("b", "s", with s <= the model's positions)
+    DIR/params.npz        the parameters, flat {"bert/embeddings/...": array}; with --int8 the
+                          dense kernels are int8 plus ":scale" arrays (dequantized inside f)
+    DIR/tokenizer/        the bundle's tokenizer
+    DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, sizes
+
+Parameters are inputs of the exported function, stored next to it, not constants baked into
+the module: XLA would constant-fold the int8 dequantization back to float32 while compiling
+(slow, and float32 in memory), large constants make the serialized module slow to write and
+read, and one module of ~100 kB can be inspected on its own. The directory is still
+self-contained.
+
+`load(DIR)` needs only jax, numpy and the tokenizer: no flaxbert model code (and no flax).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import numpy as np
+
+from flaxbert.errors import FlaxbertError
+from flaxbert.inference import bucketing
+from flaxbert.jsonfile import read_json, write_json
+
+FORMAT = "flaxbert-serving"
+FORMAT_VERSION = 1
+MODULE_FILE = "model.stablehlo"
+PARAMS_FILE = "params.npz"
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+INPUTS = ("input_ids", "segment_ids", "input_mask")
+
+
+def inference_dtype(backend: str | None = None) -> str:
+  """bfloat16 on accelerators (GPU/TPU matmul units run it at full rate), float32 on CPU
+  (where bfloat16 matmuls are emulated and slower)."""
+  backend = backend or jax.default_backend()
+  return "bfloat16" if backend in ("gpu", "cuda", "rocm", "tpu") else "float32"
+
+
+def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | None = None) -> dict:
+  """Writes the serving directory of `bundle` (any head) atomically; returns its manifest."""
+  from jax import export as jax_export
+  from flaxbert.inference import quantize
+
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and os.listdir(directory):
+    raise FlaxbertError(f"{directory}: already exists and is not empty; choose a new --out")
+  compute_dtype = dtype or inference_dtype()
+  config = bundle.config.replace(dtype=compute_dtype)
+  model = bundle.model.clone(config=config)
+  float_flat = quantize.flatten(jax.tree.map(np.asarray, bundle.params))
+  stored = quantize.quantize(float_flat) if int8 else float_flat
+
+  def serve(params, input_ids, segment_ids, input_mask):
+    flat = quantize.dequantize(params, compute_dtype) if int8 else params
+    return model.apply({"params": quantize.unflatten(flat)}, input_ids, segment_ids,
+                       input_mask)
+
+  max_length = config.max_position_embeddings
+  b, s = jax_export.symbolic_shape("b, s", constraints=(f"s <= {max_length}",))
+  token_spec = jax.ShapeDtypeStruct((b, s), np.int32)
+  param_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stored.items()}
+  exported = jax_export.export(jax.jit(serve))(param_spec, token_spec, token_spec, token_spec)
+  outputs = jax.tree.unflatten(exported.out_tree, exported.out_avals)
+
+  tmp = directory + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  with open(os.path.join(tmp, MODULE_FILE), "wb") as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(tmp, PARAMS_FILE), **stored)
+  bundle.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
+  manifest = {
+      "format": FORMAT, "format_version": FORMAT_VERSION,
+      "head": bundle.head, "labels": bundle.labels,
+      "num_labels": getattr(bundle.model, "num_labels", None),
+      "int8": bool(int8), "compute_dtype": compute_dtype,
+      "jax_version": jax.__version__, "platforms": list(exported.platforms),
+      "max_length": max_length,
+      "inputs": [{"name": n, "dtype": "int32", "shape": ["b", "s"]} for n in INPUTS],
+      "outputs": [{"name": n, "dtype": str(a.dtype), "shape": [str(d) for d in a.shape]}
+                  for n, a in sorted(outputs.items())],
+      "files": {name: os.path.getsize(os.path.join(tmp, name))
+                for name in (MODULE_FILE, PARAMS_FILE)},
+      "params": {"parameters": int(sum(np.size(v) for v in float_flat.values())),
+                 "stored_bytes": quantize.nbytes(stored),
+                 **(quantize.size_report(float_flat, stored) if int8 else {})},
+  }
+  write_json(os.path.join(tmp, MANIFEST_FILE), manifest)
+  if os.path.isdir(directory):
+    os.rmdir(directory)  # empty, checked above
+  os.replace(tmp, directory)
+  return manifest
+
+
+class ServingModel:
+  """A loaded serving directory: `model(input_ids, segment_ids, input_mask)` -> outputs."""
+
+  def __init__(self, directory: str):
+    from jax import export as jax_export
+    from flaxbert.data.tokenizer import load_tokenizer
+
+    if not os.path.isdir(directory):
+      raise FlaxbertError(f"{directory}: no such serving directory")
+    self.manifest = read_json(os.path.join(directory, MANIFEST_FILE))
+    if self.manifest.get("format") != FORMAT:
+      raise FlaxbertError(f"{os.path.join(directory, MANIFEST_FILE)}: not a flaxbert serving "
+                          "manifest (export one with `flaxbert export BUNDLE --serving`)")
+    for name in (MODULE_FILE, PARAMS_FILE):
+      if not os.path.isfile(os.path.join(directory, name)):
+        raise FlaxbertError(f"{os.path.join(directory, name)}: missing from the serving "
+                            "directory")
+    with open(os.path.join(directory, MODULE_FILE), "rb") as f:
+      try:
+        self.exported = jax_export.deserialize(bytearray(f.read()))
+      except Exception as e:  # a foreign or truncated file; jax raises assorted types
+        raise FlaxbertError(f"{os.path.join(directory, MODULE_FILE)}: cannot deserialize "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    with np.load(os.path.join(directory, PARAMS_FILE)) as stored:
+      self.params = {k: jax.device_put(stored[k]) for k in stored.files}
+    self.tokenizer = load_tokenizer(os.path.join(directory, TOKENIZER_DIR))
+    self.head = self.manifest.get("head")
+    self.labels = self.manifest.get("labels")
+    self.max_length = int(self.manifest["max_length"])
+    self.per_token = tuple(o["name"] for o in self.manifest["outputs"]
+                           if o["shape"][:2] == ["b", "s"])
+    self._call = jax.jit(self.exported.call)
+
+  def __call__(self, input_ids, segment_ids=None, input_mask=None) -> dict[str, np.ndarray]:
+    input_ids = np.asarray(input_ids, np.int32)
+    if input_ids.ndim != 2:
+      raise FlaxbertError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+    if input_ids.shape[1] > self.max_length:
+      raise FlaxbertError(f"inputs of {input_ids.shape[1]} tokens exceed the model's "
+                          f"{self.max_length} positions")
+    segment_ids = np.zeros_like(input_ids) if segment_ids is None else segment_ids
+    input_mask = np.ones_like(input_ids) if input_mask is None else input_mask
+    out = self._call(self.params, input_ids, np.asarray(segment_ids, np.int32),
+                     np.asarray(input_mask, np.int32))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+  def run_rows(self, rows, *, batch_size: int = 32, buckets=None) -> dict[str, list]:
+    """Outputs per row (unpadded dicts of input_ids/segment_ids/input_mask), in input order,
+    with length-bucketed batching."""
+    buckets = buckets or bucketing.default_buckets(self.max_length)
+    return bucketing.run_bucketed(lambda batch: self(**batch), rows, batch_size, buckets,
+                                  per_token=self.per_token,
+                                  pad_values={"input_ids": self.tokenizer.pad_id})
+
+  def run_texts(self, texts, *, max_length: int = 128, batch_size: int = 32) -> dict[str, list]:
+    """Texts (str, or (text_a, text_b) pairs) -> outputs per text, in input order."""
+    pairs = [(t, None) if isinstance(t, str) else tuple(t) for t in texts]
+    rows = bucketing.rows_from_texts(self.tokenizer, pairs, min(max_length, self.max_length))
+    return self.run_rows(rows, batch_size=batch_size)
+
+
+def load(directory: str) -> ServingModel:
+  """Loads a serving directory written by `export_serving` (`flaxbert export --serving`)."""
+  return ServingModel(directory)
