@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-TASKS: tuple[str, ...] = ()
+TASKS: tuple[str, ...] = ("classify", "ner", "qa")
 
 
 def register(sub) -> None:
