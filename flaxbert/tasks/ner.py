@@ -144,9 +144,9 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
   from seqeval import metrics
   flat_gold = [t for s in gold for t in s]
   flat_pred = [t for s in predicted for t in s]
-  return {"precision": float(metrics.precision_score(gold, predicted)),
-          "recall": float(metrics.recall_score(gold, predicted)),
-          "f1": float(metrics.f1_score(gold, predicted)),
+  return {"precision": float(metrics.precision_score(gold, predicted, zero_division=0)),
+          "recall": float(metrics.recall_score(gold, predicted, zero_division=0)),
+          "f1": float(metrics.f1_score(gold, predicted, zero_division=0)),
           "token_accuracy": float(np.mean(np.asarray(flat_gold) == np.asarray(flat_pred)))
           if flat_gold else 0.0}
 

@@ -136,7 +136,15 @@ def _prepare_files(cfg: FinetuneConfig) -> tuple[str, str, list[str] | None, lis
     train_labels = [x.strip() for x in tables["train"][1].column("label")]
     if cfg.regression:
       classify.parse_float(tables["train"][1], train_labels, "label")
+      dev_table = tables["dev"][1]
+      classify.parse_float(dev_table, dev_table.column("label"), "label")
       return train, dev, None, train_labels
+    known = sorted(set(train_labels))
+    dev_table = tables["dev"][1]
+    for number, label in zip(dev_table.numbers, dev_table.column("label")):
+      if label.strip() not in known:
+        raise FlaxbertError(f"{cfg.dev}:{number}: unknown label {label.strip()!r} (the "
+                            f"training labels are {', '.join(known)})")
     return train, dev, sorted(set(train_labels)), train_labels
   if cfg.task == "ner":
     files = {}
@@ -156,6 +164,11 @@ def _prepare_files(cfg: FinetuneConfig) -> tuple[str, str, list[str] | None, lis
       files[split] = (path, sentences)
     tags = {t for s in files["train"][1] for t in s.tags}
     labels = sorted(tags, key=lambda t: (t != "O", t))
+    for sentence in files["dev"][1]:
+      for offset, tag in enumerate(sentence.tags):
+        if tag not in tags:
+          raise FlaxbertError(f"{cfg.dev}:{sentence.number + offset}: unknown tag {tag!r} (not "
+                              f"in the training file)")
     return files["train"][0], files["dev"][0], labels, []
   # qa
   paths = {}
