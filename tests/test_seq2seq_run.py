@@ -62,7 +62,7 @@ def test_pretrain_finetune_predict(tmp_path):
   sources.write_text("food chain\nwalk-in clinics\n\nburner gas\n", encoding="utf-8")
   out_file = tmp_path / "out.txt"
   rc, out, err = run_cli("predict", run / "bundle", "--task", "seq2seq", "--input", sources,
-                         "--output", out_file, "--beam", 2, "--max-length", 16)
+                         "--output", out_file, "--beam", 2, "--max-output-length", 16)
   assert rc == 0, err[-2000:]
   assert len(out_file.read_text(encoding="utf-8").splitlines()) == 4
 

@@ -3,7 +3,8 @@
 import importlib
 
 # Order is the order of `flaxbert --help`.
-MODULES = ("pretrain", "finetune", "predict", "export", "convert", "embed", "tokenizer")
+MODULES = ("pretrain", "finetune", "predict", "evaluate", "export", "convert", "embed",
+           "tokenizer")
 
 
 def register_all(subparsers) -> None:

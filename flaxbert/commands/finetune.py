@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-TASKS: tuple[str, ...] = ("seq2seq",)
+TASKS: tuple[str, ...] = ("classify", "ner", "qa", "seq2seq")
 
 
 def register(sub) -> None:

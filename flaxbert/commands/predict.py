@@ -1,34 +1,42 @@
-"""`flaxbert predict BUNDLE --task TASK --input FILE --output FILE`: one function per task."""
+"""`flaxbert predict BUNDLE --task T --input FILE --output FILE`: one entry per task."""
 
 from __future__ import annotations
 
-
-def predict_seq2seq(args) -> None:
-  from flaxbert.tasks.seq2seq import predict_file
-  count = predict_file(args.bundle, args.input, args.output, beam=args.beam, alpha=args.alpha,
-                       max_source_length=args.max_source_length,
-                       max_length=args.max_length, batch_size=args.batch_size)
-  print(f"{count} translations written to {args.output}")
+SEQ2SEQ = "seq2seq"
 
 
-TASKS = {"seq2seq": predict_seq2seq}
-
-
-def run(args) -> None:
-  TASKS[args.task](args)
+def run_predict(args) -> None:
+  if args.task == SEQ2SEQ:
+    from flaxbert.tasks.seq2seq import predict_file as predict_seq2seq
+    n = predict_seq2seq(args.bundle, args.input, args.output, beam=args.beam,
+                        alpha=args.alpha, max_source_length=args.max_length or 128,
+                        max_length=args.max_output_length, batch_size=args.batch_size)
+  else:
+    from flaxbert.tasks.predict import predict_file
+    n = predict_file(args.bundle, args.task, args.input, args.output,
+                     batch_size=args.batch_size, mesh_spec=args.mesh,
+                     show_progress=not args.quiet, max_seq_length=args.max_length)
+  print(f"wrote {args.output}: {n} predictions")
 
 
 def register(sub) -> None:
-  p = sub.add_parser("predict", help="run a bundle over an input file")
-  p.add_argument("bundle", metavar="BUNDLE")
-  p.add_argument("--task", required=True, choices=tuple(TASKS))
-  p.add_argument("--input", required=True, metavar="FILE",
-                 help="seq2seq: one source per line (TSV: first column)")
-  p.add_argument("--output", required=True, metavar="FILE")
+  from flaxbert.tasks.predict import PREDICTORS
+  p = sub.add_parser("predict", help="run a fine-tuned bundle over a file")
+  p.add_argument("bundle", help="fine-tuned bundle (e.g. WORKDIR/best)")
+  p.add_argument("--task", required=True, choices=tuple(PREDICTORS) + (SEQ2SEQ,))
+  p.add_argument("--input", required=True, help="classify: TSV; ner: CoNLL (tags optional); "
+                 "qa: SQuAD JSON (answers optional); seq2seq: one source per line (TSV: the "
+                 "first column)")
+  p.add_argument("--output", required=True, help="classify: the TSV with a prediction column; "
+                 "ner: CoNLL with a predicted tag column; qa: JSON id -> answer; seq2seq: one "
+                 "output per line")
+  p.add_argument("--max-length", type=int, help="input tokens (default: the fine-tune's; "
+                 "seq2seq: 128)")
   p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--mesh", help="data=D,... (default: all devices on data)")
+  p.add_argument("--quiet", action="store_true")
   s2s = p.add_argument_group("seq2seq")
   s2s.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
   s2s.add_argument("--alpha", type=float, default=0.6, help="length penalty exponent")
-  s2s.add_argument("--max-source-length", type=int, default=64)
-  s2s.add_argument("--max-length", type=int, default=64, help="generated tokens at most")
-  p.set_defaults(func=run)
+  s2s.add_argument("--max-output-length", type=int, default=64, help="generated tokens at most")
+  p.set_defaults(func=run_predict)

@@ -1,0 +1,1 @@
+"""`python -m finetune TASK ...` = `flaxbert finetune TASK ...`."""

@@ -1,0 +1,20 @@
+"""`flaxbert evaluate --task T --predictions FILE [--gold FILE]`: scores as JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+
+
+def run_evaluate(args) -> None:
+  from flaxbert.tasks.predict import score_file
+  print(json.dumps(score_file(args.task, args.predictions, args.gold), indent=1))
+
+
+def register(sub) -> None:
+  from flaxbert.tasks.predict import SCORERS
+  p = sub.add_parser("evaluate", help="score a predictions file against gold")
+  p.add_argument("--task", required=True, choices=tuple(SCORERS))
+  p.add_argument("--predictions", required=True, help="the output of `flaxbert predict`")
+  p.add_argument("--gold", help="gold file (classify/ner: default the label / tag column of "
+                 "the predictions file; qa: the SQuAD JSON, required)")
+  p.set_defaults(func=run_evaluate)

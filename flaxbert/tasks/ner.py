@@ -1,0 +1,156 @@
+"""Word tagging (NER): CoNLL I/O, word -> sub-token encoding, entity-level seqeval scores.
+
+A word's tag is predicted at its first sub-token (as in training, where the other sub-tokens
+carry label -1). Words cut by max_seq_length are predicted "O" (and so count as missed).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from flaxbert.data import readers
+from flaxbert.errors import FlaxbertError
+
+
+class Sentence:
+  def __init__(self, number: int, lines: list[str], words: list[str], tags: list[str] | None):
+    self.number, self.lines, self.words, self.tags = number, lines, words, tags
+
+
+def read_conll(path: str, *, need_tags: bool) -> list[Sentence]:
+  """Sentences of a CoNLL file, keeping each line's text (for writing predictions beside it).
+
+  The first column is the token and (with `need_tags`) the last the tag; a line without a
+  tag is an error naming its line.
+  """
+  sentences: list[Sentence] = []
+  lines: list[str] = []
+  words: list[str] = []
+  tags: list[str] = []
+  start = 0
+
+  def flush():
+    if words:
+      sentences.append(Sentence(start, list(lines), list(words),
+                                list(tags) if need_tags else None))
+
+  for number, line in readers._lines(path):
+    if not line.strip():
+      flush()
+      lines, words, tags = [], [], []
+      continue
+    fields = line.split("\t") if "\t" in line else line.split()
+    if fields[0] == "-DOCSTART-":
+      continue
+    if need_tags and len(fields) < 2:
+      raise FlaxbertError(f"{path}:{number}: expected 'token<TAB>tag', found {line[:60]!r}")
+    if not words:
+      start = number
+    lines.append(line)
+    words.append(fields[0])
+    tags.append(fields[-1])
+  flush()
+  return sentences
+
+
+def encode_words(tokenizer, words: Sequence[str], max_seq_length: int
+                 ) -> tuple[list[int], list[int]]:
+  """([CLS] sub-tokens [SEP], position of each kept word's first sub-token), as training."""
+  ids: list[int] = []
+  first: list[int] = []
+  budget = max_seq_length - 2
+  for pieces in tokenizer.encode_batch(list(words)):
+    pieces = pieces or [tokenizer.unk_id]
+    if len(ids) + 1 > budget:
+      break
+    first.append(1 + len(ids))
+    ids += pieces
+  ids = [tokenizer.cls_id] + ids[:budget] + [tokenizer.sep_id]
+  return ids, first
+
+
+def encode_sentences(tokenizer, sentences: Sequence[Sentence], max_seq_length: int):
+  """Padded input_ids / input_mask (N x S) and each sentence's first-sub-token positions."""
+  n = len(sentences)
+  input_ids = np.full((n, max_seq_length), tokenizer.pad_id, np.int32)
+  input_mask = np.zeros((n, max_seq_length), np.int32)
+  firsts = []
+  for i, sentence in enumerate(sentences):
+    ids, first = encode_words(tokenizer, sentence.words, max_seq_length)
+    input_ids[i, :len(ids)] = ids
+    input_mask[i, :len(ids)] = 1
+    firsts.append(first)
+  return {"input_ids": input_ids, "segment_ids": np.zeros_like(input_ids),
+          "input_mask": input_mask}, firsts
+
+
+def decode(logits_NxSxT: np.ndarray, firsts: list[list[int]], sentences: Sequence[Sentence],
+           labels: Sequence[str]) -> list[list[str]]:
+  """Predicted tag per word: the argmax at its first sub-token; cut words get "O"."""
+  best = np.argmax(logits_NxSxT, axis=-1)
+  out = []
+  for row, (first, sentence) in enumerate(zip(firsts, sentences)):
+    tags = [labels[int(best[row, p])] for p in first]
+    out.append(tags + ["O"] * (len(sentence.words) - len(tags)))
+  return out
+
+
+def write_predictions(path: str, sentences: Sequence[Sentence], predicted: list[list[str]]
+                      ) -> None:
+  """The input lines with a predicted-tag column appended; a blank line between sentences."""
+  tmp = path + ".partial"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for sentence, tags in zip(sentences, predicted):
+      for line, tag in zip(sentence.lines, tags):
+        f.write(f"{line}\t{tag}\n")
+      f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_predictions(path: str, gold_path: str | None = None
+                     ) -> tuple[list[list[str]], list[list[str]]]:
+  """(gold, predicted) tag sequences: the predicted tag is the last column; gold is the
+  column before it, or the last column of `gold_path`'s matching lines."""
+  predicted = read_conll(path, need_tags=True)
+  if gold_path is None:
+    gold = []
+    for sentence in predicted:
+      tags = []
+      for offset, line in enumerate(sentence.lines):
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 3:
+          raise FlaxbertError(f"{path}:{sentence.number + offset}: expected 'token<TAB>gold"
+                              "<TAB>predicted' (or pass --gold)")
+        tags.append(fields[-2])
+      gold.append(tags)
+  else:
+    gold_sentences = read_conll(gold_path, need_tags=True)
+    if len(gold_sentences) != len(predicted):
+      raise FlaxbertError(f"{path}: {len(predicted)} sentences but {gold_path} has "
+                          f"{len(gold_sentences)}")
+    gold = []
+    for g, p in zip(gold_sentences, predicted):
+      if g.words != p.words:
+        raise FlaxbertError(f"{path}:{p.number}: tokens differ from {gold_path}:{g.number}")
+      gold.append(g.tags)
+  return gold, [s.tags for s in predicted]
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
+  """Entity-level precision, recall, F1 (seqeval, conlleval rules) and token accuracy."""
+  from seqeval import metrics
+  flat_gold = [t for s in gold for t in s]
+  flat_pred = [t for s in predicted for t in s]
+  return {"precision": float(metrics.precision_score(gold, predicted, zero_division=0)),
+          "recall": float(metrics.recall_score(gold, predicted, zero_division=0)),
+          "f1": float(metrics.f1_score(gold, predicted, zero_division=0)),
+          "token_accuracy": float(np.mean(np.asarray(flat_gold) == np.asarray(flat_pred)))
+          if flat_gold else 0.0}
+
+
+def majority_baseline(gold: list[list[str]]) -> dict[str, float]:
+  """Every word tagged "O" (the majority tag): entity F1 0 by construction."""
+  return entity_scores(gold, [["O"] * len(s) for s in gold])
