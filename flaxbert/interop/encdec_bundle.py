@@ -27,21 +27,13 @@ HEAD = "seq2seq"
 
 def save(directory: str, bundle: bundle_lib.Bundle, extra: dict | None = None) -> None:
   """Writes an encoder-decoder bundle into a new directory, atomically."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and os.listdir(directory):
-    raise FlaxbertError(f"{directory}: already exists and is not empty; choose a new --out")
-  tmp = directory + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  bundle.tokenizer.save(os.path.join(tmp, "tokenizer"))
-  bundle_lib.save_params(os.path.join(tmp, "params"), bundle.params)
-  write_json(os.path.join(tmp, "config.json"), {
-      "format": bundle_lib.FORMAT, "format_version": bundle_lib.FORMAT_VERSION, "model": MODEL,
-      "config": bundle.config.to_dict(), "head": HEAD, "num_labels": None, "labels": None,
-      **(extra or {})})
-  if os.path.isdir(directory):
-    os.rmdir(directory)
-  os.replace(tmp, directory)
+  with bundle_lib.new_directory(directory) as tmp:
+    bundle.tokenizer.save(os.path.join(tmp, "tokenizer"))
+    bundle_lib.save_params(os.path.join(tmp, "params"), bundle.params)
+    write_json(os.path.join(tmp, "config.json"), {
+        "format": bundle_lib.FORMAT, "format_version": bundle_lib.FORMAT_VERSION,
+        "model": MODEL, "config": bundle.config.to_dict(), "head": HEAD, "num_labels": None,
+        "labels": None, **(extra or {})})
 
 
 def replace(directory: str, bundle: bundle_lib.Bundle, extra: dict | None = None) -> None:
