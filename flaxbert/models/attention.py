@@ -70,3 +70,16 @@ def _attention_with_dropout(q_BxLxNxH, k_BxTxNxH, v_BxTxNxH, kv_mask_BxT, causal
   keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxNxLxT.shape)
   probs_BxNxLxT = jnp.where(keep, probs_BxNxLxT / (1.0 - dropout_rate), 0.0).astype(dtype)
   return jnp.einsum("bnlt,btnh->blnh", probs_BxNxLxT, v_BxTxNxH)
+
+
+def module_attention(module, config, q_BxLxNxH, k_BxTxNxH, v_BxTxNxH, *, kv_mask_BxT=None,
+                     causal: bool = False, deterministic: bool = True):
+  """`attention` as a Linen module calls it: dropout (and its RNG stream) from the module's
+  config when training, the implementation from `config.attention_impl`."""
+  use_dropout = not deterministic and config.attention_dropout > 0.0
+  return attention(
+      q_BxLxNxH, k_BxTxNxH, v_BxTxNxH, kv_mask_BxT=kv_mask_BxT, causal=causal,
+      dropout_rate=config.attention_dropout if use_dropout else 0.0,
+      dropout_rng=module.make_rng("dropout") if use_dropout else None,
+      implementation=choose_implementation(config.attention_impl, config.dtype,
+                                           q_BxLxNxH.shape[-1]))

@@ -120,12 +120,9 @@ class SelfAttention(nn.Module):
     qkv_BxLx3xNxH = dense(cfg, (3, n, h), ("embed", None, "heads", "kv"), "qkv")(x_BxLxD)
     qkv_BxLx3xNxH = constrain(qkv_BxLx3xNxH, ("batch", "length", None, "heads", "kv"))
     q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
-    use_dropout = not deterministic and cfg.attention_dropout > 0.0
-    out_BxLxNxH = attention_lib.attention(
-        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, kv_mask_BxT=mask_BxL,
-        dropout_rate=cfg.attention_dropout if use_dropout else 0.0,
-        dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        implementation=attention_lib.choose_implementation(cfg.attention_impl, cfg.dtype, h))
+    out_BxLxNxH = attention_lib.module_attention(
+        self, cfg, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, kv_mask_BxT=mask_BxL,
+        deterministic=deterministic)
     out_BxLxNxH = constrain(out_BxLxNxH, ("batch", "length", "heads", "kv"))
     return dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out",
                  axis=(-2, -1))(out_BxLxNxH)

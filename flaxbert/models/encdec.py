@@ -62,12 +62,9 @@ class MultiHeadAttention(nn.Module):
     if decode and self.causal:
       k_BxTxNxH, v_BxTxNxH, kv_mask_BxT = self._cached(k_BxTxNxH, v_BxTxNxH)
       causal = False   # the cache mask already hides positions not yet written
-    use_dropout = not deterministic and cfg.attention_dropout > 0.0
-    out_BxLxNxH = attention_lib.attention(
-        q_BxLxNxH, k_BxTxNxH, v_BxTxNxH, kv_mask_BxT=kv_mask_BxT, causal=causal,
-        dropout_rate=cfg.attention_dropout if use_dropout else 0.0,
-        dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        implementation=attention_lib.choose_implementation(cfg.attention_impl, cfg.dtype, h))
+    out_BxLxNxH = attention_lib.module_attention(
+        self, cfg, q_BxLxNxH, k_BxTxNxH, v_BxTxNxH, kv_mask_BxT=kv_mask_BxT, causal=causal,
+        deterministic=deterministic)
     out_BxLxNxH = constrain(out_BxLxNxH, ("batch", "length", "heads", "kv"))
     return dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out",
                  axis=(-2, -1))(out_BxLxNxH)
