@@ -28,6 +28,7 @@ from flaxbert.tasks import classify, ner, predict as predict_lib, squad
 from flaxbert.training import loop, optim
 from flaxbert.training import mesh as mesh_lib
 from flaxbert.training.finetune_step import make_train_step
+from flaxbert.training.state import host_params
 
 log = logging.getLogger("flaxbert")
 
@@ -272,7 +273,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     main = scores[cfg.metric]
     best = read_json(best_file) if os.path.isfile(best_file) else None
     if best is None or main > best["score"] or best["step"] == step:
-      host = jax.device_get(params) if jax.process_count() == 1 else _gather(params)
+      host = host_params(params)
       if is_main:
         _save_bundle(os.path.join(cfg.workdir, "best"), bundle, host, settings)
         os.makedirs(os.path.dirname(prediction_file), exist_ok=True)
@@ -292,8 +293,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                     train_step=make_train_step(model, tx, cfg.head,
                                                optim.learning_rate_schedule(opt_cfg)),
                     data=train_batches, evaluate=evaluate)
-  host = jax.device_get(result.state.params) if jax.process_count() == 1 else _gather(
-      result.state.params)
+  host = host_params(result.state.params)
   results = {}
   if is_main:
     _save_bundle(os.path.join(cfg.workdir, "bundle"), bundle, host, settings)
@@ -328,11 +328,6 @@ def _baseline(cfg: FinetuneConfig, dev, train_labels) -> dict:
   if cfg.task == "ner":
     return ner.majority_baseline([s.tags for s in dev.sentences])
   return dev.score({q["id"]: "" for q in dev.questions})
-
-
-def _gather(params):
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(params, tiled=True)
 
 
 def _save_bundle(out: str, bundle, params, settings) -> None:

@@ -25,6 +25,7 @@ from flaxbert.models.factory import build_model, dummy_inputs
 from flaxbert.training import loop, optim
 from flaxbert.training import mesh as mesh_lib
 from flaxbert.training.metrics import flops_per_token
+from flaxbert.training.state import host_params
 from flaxbert.training.step import make_eval_step, make_train_step, summarise
 
 log = logging.getLogger("flaxbert")
@@ -194,14 +195,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
   if "tokens_per_s" in last:
     last["seq_per_s"] = last["tokens_per_s"] / cfg.seq_len
   return last
-
-
-def host_params(params):
-  """The full parameter values as numpy arrays on every process (sharded arrays gathered)."""
-  if jax.process_count() == 1:
-    return jax.device_get(params)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(params, tiled=True)
 
 
 def _evaluate(cfg, eval_step, params, eval_files, tokenizer_dir, mesh) -> dict:

@@ -33,7 +33,8 @@ from flaxbert.models.encdec_config import EncDecConfig, get_config
 from flaxbert.training import loop, optim
 from flaxbert.training import mesh as mesh_lib
 from flaxbert.training import seq2seq_step
-from flaxbert.training.pretrain_run import PretrainConfig, host_params, prepare_text
+from flaxbert.training.pretrain_run import PretrainConfig, prepare_text
+from flaxbert.training.state import host_params
 
 log = logging.getLogger("flaxbert")
 

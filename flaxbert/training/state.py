@@ -64,3 +64,11 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh, dum
   shardings = mesh_lib.logical_shardings(specs, mesh)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings), shardings
+
+
+def host_params(params):
+  """The full parameter values as numpy arrays on every process (sharded arrays gathered)."""
+  if jax.process_count() == 1:
+    return jax.device_get(params)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(params, tiled=True)
