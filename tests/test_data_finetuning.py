@@ -112,3 +112,59 @@ def test_seq2seq(tmp_path, spm_dir, data_dir):
     lengths = mask.sum(1)
     assert np.all(ids[np.arange(8), lengths - 1] == tokenizer.sep_id)   # EOS
   assert "input_ids" not in batch
+
+
+def test_length_bucketed_seq2seq_batches(tmp_path, spm_dir, data_dir):
+  """Bucketed batches: one epoch of batches holds every pair exactly once, a batch's padding
+  is cut to a multiple of 8 over its longest row (no real token lost), lengths within a batch
+  are closer than in shuffled order, two processes split each global batch with equal shapes,
+  and a restored iterator state yields exactly the next batch."""
+  train = head_lines(shared("translation", "examples_train.tsv"), str(tmp_path / "t.tsv"), 1025)
+  data = pipeline.finetune_data("seq2seq", {"train": train}, spm_dir, data_dir,
+                                max_source_length=40, max_target_length=40)
+  n, batch_size = data.num_examples("train"), 16
+  assert n == 1024
+  one = data.batches("train", batch_size=batch_size, process_index=0, process_count=1,
+                     bucket_by_length=True)
+  plain = data.batches("train", batch_size=batch_size, process_index=0, process_count=1)
+  batches = [next(one) for _ in range(n // batch_size)]
+  pairs = [tuple(map(tuple, (s[m > 0], t[k > 0]))) for b in batches
+           for s, m, t, k in zip(b["source_ids"], b["source_mask"], b["target_ids"],
+                                 b["target_mask"])]
+  source = data.sources["train"]
+  stored = [(tuple(r["source_ids"]), tuple(r["target_ids"])) for r in source.__getitems__(
+      list(range(n)))]
+  assert sorted(pairs) == sorted(stored)            # every pair once, none cut
+  shapes = set()
+  for b in batches:
+    for side in ("source", "target"):
+      width, longest = b[f"{side}_ids"].shape[1], b[f"{side}_mask"].sum(1).max()
+      assert width % 8 == 0 and longest <= width < longest + 8
+    shapes.add((b["source_ids"].shape[1], b["target_ids"].shape[1]))
+  assert len(shapes) > 1
+
+  def spread(b):
+    return np.mean(b["target_mask"].sum(1).max() - b["target_mask"].sum(1))
+  plain_batches = [next(plain) for _ in range(len(batches))]
+  assert np.mean([spread(b) for b in batches]) < 0.5 * np.mean([spread(b) for b in
+                                                                plain_batches])
+
+  halves = [data.batches("train", batch_size=batch_size, process_index=i, process_count=2,
+                         bucket_by_length=True) for i in range(2)]
+  for b in batches[:5]:
+    h0, h1 = next(halves[0]), next(halves[1])
+    for key in b:
+      np.testing.assert_array_equal(np.concatenate([h0[key], h1[key]]), b[key])
+
+  again = data.batches("train", batch_size=batch_size, process_index=0, process_count=1,
+                       bucket_by_length=True)
+  for _ in range(7):
+    next(again)
+  state = again.get_state()
+  expected = next(again)
+  resumed = data.batches("train", batch_size=batch_size, process_index=0, process_count=1,
+                         bucket_by_length=True)
+  resumed.set_state(state)
+  got = next(resumed)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key])

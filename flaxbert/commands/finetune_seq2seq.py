@@ -10,7 +10,8 @@ def run(args) -> None:
       workdir=args.workdir, train=args.train, dev=args.dev, init=args.init, model=args.config,
       overrides=parse_overrides(args.set), vocab_size=args.vocab_size,
       max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-      steps=args.steps, batch_size=args.batch_size, mesh=args.mesh, learning_rate=args.lr,
+      steps=args.steps, batch_size=args.batch_size,
+      bucket_by_length=not args.no_length_buckets, mesh=args.mesh, learning_rate=args.lr,
       warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
       clip_norm=args.clip_norm, label_smoothing=args.label_smoothing, seed=args.seed,
       log_every=args.log_every, eval_every=args.eval_every, eval_examples=args.eval_examples,
@@ -39,6 +40,9 @@ def register(tasks) -> None:
   p.add_argument("--max-target-length", type=int, default=64)
   p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--no-length-buckets", action="store_true",
+                 help="batch pairs in plain shuffled order, padded to the maximum lengths "
+                 "(default: batches of similar lengths with padding cut to multiples of 8)")
   p.add_argument("--mesh", help="data=D,fsdp=F,tensor=T")
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--warmup-steps", type=int)

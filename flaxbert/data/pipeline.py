@@ -226,13 +226,15 @@ def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_di
                         num_epochs: int | None = None, process_index: int | None = None,
                         process_count: int | None = None,
                         read_options: grain.ReadOptions | None = None,
-                        worker_count: int = 0) -> BatchIterator:
+                        worker_count: int = 0, pack: bool = False) -> BatchIterator:
   """Endless (or `num_epochs`) masked-LM + NSP batches of `batch_size // process_count` rows.
 
   Prepares the sentence pairs under `data_dir` on first use (keyed by corpus and tokenizer
   contents, seq_length and seed). Fields: input_ids, segment_ids, input_mask [B,S];
   masked_positions, masked_ids [B,P] int32, masked_weights [B,P] float32; nsp_label [B]
   (1 = B is a random sentence). P = ceil(0.15 * S) unless given.
+
+  `pack` (endless only): several pairs per row, see data/packing.py for the fields.
   """
   process_index, process_count = _process_shard(process_index, process_count)
   builder = builders.prepare(builders.PretrainingPairs, sources={"train": list(corpus_files)},
@@ -252,11 +254,38 @@ def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_di
     flat_ids, lengths, nsp_labels = read(rows[:, 1].tolist())   # one read per batch
     return masker.batch(flat_ids, lengths, nsp_labels, rows[:, 0], rows[:, 1])
 
+  identity = (f"pretraining:{builder.builder_config.name}:b{batch_size}:p{process_index}/"
+              f"{process_count}:s{seed}:P{masker.max_predictions}:w{int(whole_word)}")
+  if pack:
+    if num_epochs is not None:
+      raise ValueError("packed pretraining batches are endless")
+    if batch_size % process_count:
+      raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
+                          "processes")
+    from flaxbert.data import length_buckets, packing
+    per_row = packing.default_max_per_row(seq_length)
+    row_predictions = packing.packed_max_predictions(seq_length, per_row,
+                                                     masker.max_predictions)
+    plan = packing.PackedGlobalBatches(
+        length_buckets.record_lengths(builder, "train", ("input_ids",))[:, 0],
+        seq_length=seq_length, batch_size=batch_size, seed=seed, process_index=process_index,
+        process_count=process_count, max_per_row=per_row)
+
+    def load_packed(slots: np.ndarray) -> dict[str, np.ndarray]:
+      members = slots.reshape(-1, 2)
+      members = members[members[:, 1] >= 0]
+      flat_ids, lengths, nsp_labels = read(members[:, 1].tolist())
+      examples = masker.batch(flat_ids, lengths, nsp_labels, members[:, 0], members[:, 1])
+      return packing.pack_batch(examples, lengths, slots[:, :, 1] >= 0,
+                                seq_length=seq_length, max_predictions=row_predictions,
+                                pad_id=tokenizer.pad_id)
+
+    return BatchIterator(grain.MapDataset.source(plan).map(load_packed),
+                         f"{identity}:packed{per_row}", read_options or _default_read_options(),
+                         len(source), worker_count)
   indices = batched_indices(len(source), batch_size=batch_size, seed=seed, shuffle=True,
                             num_epochs=num_epochs, drop_remainder=True,
                             process_index=process_index, process_count=process_count)
-  identity = (f"pretraining:{builder.builder_config.name}:b{batch_size}:p{process_index}/"
-              f"{process_count}:s{seed}:P{masker.max_predictions}:w{int(whole_word)}")
   return BatchIterator(indices.map(load), identity, read_options or _default_read_options(),
                        len(source), worker_count)
 
@@ -309,28 +338,62 @@ class TaskData:
               num_epochs: int | None = None, drop_remainder: bool = True,
               process_index: int | None = None, process_count: int | None = None,
               read_options: grain.ReadOptions | None = None,
-              worker_count: int = 0) -> BatchIterator:
+              worker_count: int = 0, bucket_by_length: bool = False) -> BatchIterator:
     """Training: the defaults (shuffled, endless). Evaluation: `shuffle=False, num_epochs=1,
-    drop_remainder=False` visits every example once in file order."""
+    drop_remainder=False` visits every example once in file order.
+
+    `bucket_by_length` (endless shuffled training only): batches of similar lengths, their
+    sequence fields cut to the batch's longest row rounded up to 8 (data/length_buckets.py).
+    """
     process_index, process_count = _process_shard(process_index, process_count)
     source = self._source(split)
     blank = self._pad(source[0])
+    fields = tuple(self._lengths)
 
     def load(rows: np.ndarray) -> dict[str, np.ndarray]:
       real = rows[:, 1][rows[:, 1] >= 0].tolist()
       examples = [{**self._pad(record), "example_weight": np.float32(1)}
                   for record in (source.__getitems__(real) if real else [])]
       examples += [{**blank, "example_weight": np.float32(0)}] * (len(rows) - len(real))
-      return _stack(examples)
+      batch = _stack(examples)
+      if rows.shape[1] > 2:
+        batch = self._trim(batch, dict(zip(fields, rows[0, 2:].tolist())))
+      return batch
 
-    indices = batched_indices(len(source), batch_size=batch_size, seed=seed, shuffle=shuffle,
-                              num_epochs=num_epochs, drop_remainder=drop_remainder,
-                              process_index=process_index, process_count=process_count)
+    if bucket_by_length:
+      if not shuffle or num_epochs is not None:
+        raise ValueError("bucket_by_length is for endless shuffled training batches")
+      from flaxbert.data import length_buckets
+      if batch_size % process_count:
+        raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
+                            "processes")
+      indices = grain.MapDataset.source(length_buckets.BucketedGlobalBatches(
+          length_buckets.record_lengths(self.builder, split, fields),
+          tuple(self._lengths.values()), batch_size=batch_size, seed=seed,
+          process_index=process_index, process_count=process_count))
+    else:
+      indices = batched_indices(len(source), batch_size=batch_size, seed=seed,
+                                shuffle=shuffle, num_epochs=num_epochs,
+                                drop_remainder=drop_remainder, process_index=process_index,
+                                process_count=process_count)
     identity = (f"{self.task}:{self.builder.builder_config.name}:{split}:b{batch_size}:"
                 f"p{process_index}/{process_count}:s{seed}:{int(shuffle)}:{num_epochs}:"
-                f"{int(drop_remainder)}")
+                f"{int(drop_remainder)}" + (":bucketed" if bucket_by_length else ""))
     return BatchIterator(indices.map(load), identity, read_options or _default_read_options(),
                          len(source), worker_count)
+
+  def _trim(self, batch: dict[str, np.ndarray], trim: dict[str, int]) -> dict[str, np.ndarray]:
+    """Cuts the padding of each [B, max length] field of a length group to `trim`."""
+    groups = {key.split("_")[0] + "_": key for key in trim} if self.task == "seq2seq" else {}
+    out = {}
+    for key, value in batch.items():
+      group = next((g for g in groups if key.startswith(g)), None)
+      length_key = groups[group] if group else "input_ids"
+      if (value.ndim == 2 and length_key in trim
+          and value.shape[1] == self._lengths[length_key]):
+        value = value[:, :trim[length_key]]
+      out[key] = value
+    return out
 
   def _pad(self, record: dict) -> dict[str, np.ndarray]:
     """Pads every sequence field to its task length; adds the masks."""

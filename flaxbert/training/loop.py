@@ -79,11 +79,14 @@ class _Sigterm:
 
 def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
         train_step: Callable, data: Iterator,
-        evaluate: Callable[[Any, int], dict] | None = None) -> LoopResult:
+        evaluate: Callable[[Any, int], dict] | None = None,
+        count_tokens: Callable[[dict], int] | None = None) -> LoopResult:
   """Trains to cfg.total_steps (resuming if a checkpoint exists); returns the final state.
 
   evaluate(params, step) -> metrics is called every cfg.eval_every steps and at the end; its
-  metrics are logged with that step's.
+  metrics are logged with that step's. count_tokens(local batch) -> real (non-padding)
+  tokens of this process's rows: tokens_per_s then counts those (all processes) instead of
+  cfg.tokens_per_step, for batches whose shapes or padding vary.
   """
   is_main = jax.process_index() == 0
   checkpoints = RunCheckpoints(os.path.join(cfg.workdir, "checkpoints"), cfg.keep_checkpoints,
@@ -107,13 +110,15 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
     with jax.set_mesh(mesh), progress_bar(total=cfg.total_steps, initial=start, desc=cfg.desc,
                                           unit="step",
                                           disable=not (is_main and cfg.progress)) as bar:
-      window_start, window_steps = time.perf_counter(), 0
+      window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
       while step < cfg.total_steps:
         try:
           local_batch = next(data)
         except StopIteration:
           raise FlaxbertError(f"the training data ran out at step {step}") from None
         state, metrics = step_fn(state, mesh_lib.global_batch(local_batch, mesh))
+        if count_tokens is not None:
+          window_tokens += count_tokens(local_batch) * jax.process_count()
         step += 1
         window_steps += 1
         bar.update(1)
@@ -133,7 +138,9 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
           rate = window_steps / (time.perf_counter() - window_start)
           last = {k: float(v) for k, v in metrics.items()}
           last["steps_per_s"] = rate
-          if cfg.tokens_per_step:
+          if count_tokens is not None:
+            last["tokens_per_s"] = rate * window_tokens / window_steps
+          elif cfg.tokens_per_step:
             last["tokens_per_s"] = rate * cfg.tokens_per_step
             if cfg.flops_per_token and peak:
               last["mfu"] = (cfg.flops_per_token * last["tokens_per_s"]
@@ -142,7 +149,7 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
             last.update(evaluate(state.params, step))
           writer.write(step, last)
           bar.set_postfix(loss=f"{last['loss']:.3f}")
-          window_start, window_steps = time.perf_counter(), 0
+          window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
         if checkpoint_due:
           checkpoints.save(step, state, data)
         if log_due and not final and sigterm.any_process():

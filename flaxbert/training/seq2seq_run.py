@@ -52,6 +52,7 @@ class Seq2SeqConfig:
   max_target_length: int = 64
   steps: int = 1000
   batch_size: int = 32
+  bucket_by_length: bool = True            # similar lengths per batch, padding cut to 8s
   mesh: str | None = None
   learning_rate: float = 1e-3
   warmup_steps: int | None = None          # default 10% of steps
@@ -131,6 +132,11 @@ def score(hypotheses, references) -> dict:
           "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
 
 
+def real_tokens(batch: dict) -> int:
+  """Non-padding source + target tokens of a batch (for tokens/s)."""
+  return int(batch["source_mask"].sum() + batch["target_mask"].sum())
+
+
 def _seed_from_bundle(cfg: Seq2SeqConfig, model, tx, mesh, dummy, init_params, data) -> None:
   """Writes the init bundle's parameters as step 0, unless the run already has checkpoints."""
   from flaxbert.training.checkpoint import RunCheckpoints
@@ -178,7 +184,8 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
       weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, b2=0.98, eps=1e-9)
   tx = optim.make_optimizer(opt_cfg)
   dummy = encdec.dummy_inputs()
-  train_batches = data.batches("train", batch_size=cfg.batch_size, seed=cfg.seed)
+  train_batches = data.batches("train", batch_size=cfg.batch_size, seed=cfg.seed,
+                               bucket_by_length=cfg.bucket_by_length)
   if init is not None:
     _seed_from_bundle(cfg, model, tx, mesh, dummy, init.params, train_batches)
   eval_step = jax.jit(seq2seq_step.make_eval_step(model, cfg.label_smoothing))
@@ -231,7 +238,7 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
   result = loop.run(loop_cfg, model=model, tx=tx, mesh=mesh, dummy_inputs=dummy,
                     train_step=seq2seq_step.make_train_step(
                         model, tx, optim.learning_rate_schedule(opt_cfg), cfg.label_smoothing),
-                    data=train_batches, evaluate=evaluate)
+                    data=train_batches, evaluate=evaluate, count_tokens=real_tokens)
   params = host_params(result.state.params)
   if jax.process_index() == 0:
     encdec_bundle.replace(os.path.join(cfg.workdir, "bundle"),
@@ -249,8 +256,9 @@ def pretrain_encdec(cfg: PretrainConfig) -> dict:
   from flaxbert.data.tokenizer import load_tokenizer
   from flaxbert.interop import bundle as bundle_lib
   from flaxbert.interop import encdec_bundle
-  if cfg.accum_steps != 1 or cfg.whole_word or cfg.max_predictions:
-    raise FlaxbertError("--accum-steps, --whole-word and --max-predictions are BERT-only")
+  if cfg.accum_steps != 1 or cfg.whole_word or cfg.max_predictions or cfg.pack:
+    raise FlaxbertError("--accum-steps, --whole-word, --max-predictions and --pack are "
+                        "BERT-only")
   os.makedirs(cfg.workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   if cfg.total_steps < 1 or cfg.batch_size % mesh_lib.data_parallel_size(mesh):
