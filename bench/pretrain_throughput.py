@@ -7,6 +7,13 @@ pipeline is not measured here (see bench/input_pipeline.py).
 
     python bench/pretrain_throughput.py                 # rows for the devices present
     python bench/pretrain_throughput.py --rows base:128:256 large:128:128 --steps 20
+
+With --corpus, each row runs twice on real pretraining batches of that corpus (as the
+launcher makes them, tokenizer trained on it), padded and packed (--pack), and reports the
+share of real tokens and effective tokens/s: real (non-padding) tokens per second.
+
+    python bench/pretrain_throughput.py --corpus ../shared/data/corpus/kjv.txt \
+        --rows tiny:128:32 tiny:512:8
 """
 
 from __future__ import annotations
@@ -45,7 +52,26 @@ def random_batch(rng, batch, seq, vocab):
   }
 
 
-def measure(name, seq, batch, steps, dtype, mesh_spec, overrides):
+def corpus_batches(corpus, seq, batch, vocab, pack, count=4):
+  """`count` real batches of `corpus` (tokenizer and prepared data cached under
+  ~/.cache/flaxbert-bench, keyed by corpus contents like the launcher's)."""
+  import hashlib
+  import os
+  from flaxbert.data import pipeline
+  from flaxbert.data.tokenizer import train_sentencepiece
+  with open(corpus, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  root = os.path.join(os.path.expanduser("~/.cache/flaxbert-bench"), digest)
+  tokenizer = os.path.join(root, f"tokenizer{vocab}")
+  if not os.path.isdir(tokenizer):
+    train_sentencepiece([corpus], vocab, tokenizer + ".tmp")
+    os.replace(tokenizer + ".tmp", tokenizer)
+  batches = pipeline.pretraining_batches([corpus], tokenizer, os.path.join(root, "prepared"),
+                                         batch_size=batch, seq_length=seq, pack=pack)
+  return [next(batches) for _ in range(count)]
+
+
+def measure(name, seq, batch, steps, dtype, mesh_spec, overrides, corpus=None, pack=False):
   config = PRESETS[NAMES.get(name, name)].replace(dtype=dtype, vocab_size=30592,
                                                   max_position_embeddings=max(512, seq),
                                                   **overrides)
@@ -59,26 +85,34 @@ def measure(name, seq, batch, steps, dtype, mesh_spec, overrides):
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
   rng = np.random.default_rng(0)
-  batches = [mesh_lib.global_batch(random_batch(rng, batch, seq, config.vocab_size), mesh)
-             for _ in range(2)]
+  if corpus:
+    host = corpus_batches(corpus, seq, batch, 8000, pack)   # model vocab stays 30592
+  else:
+    host = [random_batch(rng, batch, seq, config.vocab_size) for _ in range(2)]
+  real_share = float(np.mean([np.count_nonzero(b["input_mask"]) / b["input_mask"].size
+                              for b in host]))
+  batches = [mesh_lib.global_batch(b, mesh) for b in host]
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
     state, metrics = step(state, batches[0])
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     for i in range(2):  # warm-up
-      state, metrics = step(state, batches[i % 2])
+      state, metrics = step(state, batches[i % len(batches)])
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for i in range(steps):
-      state, metrics = step(state, batches[i % 2])
+      state, metrics = step(state, batches[i % len(batches)])
     jax.block_until_ready(metrics)
     elapsed = time.perf_counter() - t0
   step_s = elapsed / steps
   tokens_per_s = batch * seq / step_s
   peak = device_peak_flops()
   stats = jax.devices()[0].memory_stats() or {}
+  row = {"corpus": corpus, "packed": pack, "real_token_share": real_share,
+         "effective_tokens_per_s": real_share * tokens_per_s} if corpus else {}
   return {
+      **row,
       "config": name, "seq_len": seq, "batch_size": batch, "dtype": dtype,
       "parameters": param_count(state.params), "step_s": step_s,
       "seq_per_s": batch / step_s, "tokens_per_s": tokens_per_s,
@@ -96,6 +130,8 @@ def main():
   parser.add_argument("--dtype", default=None, help="default bfloat16 on GPU/TPU, float32 on CPU")
   parser.add_argument("--mesh", default=None)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  parser.add_argument("--corpus", help="real batches of this BERT-format corpus, padded and "
+                      "packed, instead of random full-length ones")
   args = parser.parse_args()
   accelerator = jax.default_backend() != "cpu"
   rows = args.rows or (GPU_ROWS if accelerator else CPU_ROWS)
@@ -105,7 +141,9 @@ def main():
   results = []
   for row in rows:
     name, seq, batch = row.split(":")
-    results.append(measure(name, int(seq), int(batch), args.steps, dtype, args.mesh, overrides))
+    for pack in ((False, True) if args.corpus else (False,)):
+      results.append(measure(name, int(seq), int(batch), args.steps, dtype, args.mesh,
+                             overrides, corpus=args.corpus, pack=pack))
   print(json.dumps({"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
                     "backend": jax.default_backend(), "jax": jax.__version__,
                     "rows": results}, indent=2))

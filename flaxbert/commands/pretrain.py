@@ -41,7 +41,7 @@ def _pretrain_config(args):
       tokenizer=args.tokenizer, vocab_size=args.vocab_size, lowercase=args.lowercase,
       data_dir=args.data_dir, steps=args.steps, batch_size=args.batch_size,
       seq_len=args.seq_len, max_predictions=args.max_predictions, whole_word=args.whole_word,
-      accum_steps=args.accum_steps, mesh=args.mesh, optimizer=args.optimizer,
+      pack=args.pack, accum_steps=args.accum_steps, mesh=args.mesh, optimizer=args.optimizer,
       learning_rate=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
       weight_decay=args.weight_decay, clip_norm=args.clip_norm, seed=args.seed,
       log_every=args.log_every, eval_every=args.eval_every, eval_batches=args.eval_batches,
@@ -94,6 +94,8 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--max-predictions", type=int, help="masked positions per sequence "
                  "(default ceil(0.15 * seq-len))")
   p.add_argument("--whole-word", action="store_true", help="whole-word masking")
+  p.add_argument("--pack", action="store_true", help="pack several sentence pairs into each "
+                 "sequence (attention stays within a pair): no compute spent on padding")
   p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation microbatches")
   p.add_argument("--mesh", help="data=D,fsdp=F,tensor=T (default: all devices on data)")
   p.add_argument("--optimizer", default="adamw", choices=("adamw", "lamb"))

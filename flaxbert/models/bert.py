@@ -113,7 +113,8 @@ class SelfAttention(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+  def __call__(self, x_BxLxD, mask, deterministic: bool):
+    """mask: B x L key mask (1 = real token), or B x L x L for packed rows."""
     cfg = self.config
     n, h = cfg.num_heads, cfg.head_dim
     # One fused projection for query, key and value: a single larger matmul.
@@ -121,8 +122,9 @@ class SelfAttention(nn.Module):
     qkv_BxLx3xNxH = constrain(qkv_BxLx3xNxH, ("batch", "length", None, "heads", "kv"))
     q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
     out_BxLxNxH = attention_lib.module_attention(
-        self, cfg, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, kv_mask_BxT=mask_BxL,
-        deterministic=deterministic)
+        self, cfg, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH,
+        kv_mask_BxT=mask if mask.ndim == 2 else None,
+        mask_BxLxT=mask if mask.ndim == 3 else None, deterministic=deterministic)
     out_BxLxNxH = constrain(out_BxLxNxH, ("batch", "length", "heads", "kv"))
     return dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out",
                  axis=(-2, -1))(out_BxLxNxH)
@@ -168,12 +170,19 @@ class Encoder(nn.Module):
 
 
 class Pooler(nn.Module):
+  """tanh(Dense) of the [CLS] vector: B x D, or B x E x D at `cls_positions_BxE` (the first
+  token of each example of a packed row)."""
+
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD):
+  def __call__(self, x_BxLxD, cls_positions_BxE=None):
     cfg = self.config
-    return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", "mlp"), "dense")(x_BxLxD[:, 0]))
+    if cls_positions_BxE is None:
+      cls = x_BxLxD[:, 0]
+    else:
+      cls = jnp.take_along_axis(x_BxLxD, cls_positions_BxE[..., None].astype(jnp.int32), axis=1)
+    return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", "mlp"), "dense")(cls))
 
 
 class BertModel(nn.Module):
@@ -187,7 +196,11 @@ class BertModel(nn.Module):
     self.pooler = Pooler(self.config)
 
   def __call__(self, input_ids_BxL, segment_ids_BxL=None, input_mask_BxL=None,
-               position_ids_BxL=None, deterministic: bool = True):
+               position_ids_BxL=None, deterministic: bool = True, packed: bool = False,
+               cls_positions_BxE=None):
+    """packed: `input_mask_BxL` holds each token's example number within its row (0 for
+    padding) and attention stays within an example; pass each example's `position_ids` and
+    its [CLS] positions for the pooled vectors (B x E x D)."""
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.zeros_like(input_ids_BxL)
     if input_mask_BxL is None:
@@ -196,8 +209,9 @@ class BertModel(nn.Module):
       position_ids_BxL = jnp.broadcast_to(jnp.arange(input_ids_BxL.shape[1]),
                                           input_ids_BxL.shape)
     x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, position_ids_BxL, deterministic)
-    x_BxLxD = self.encoder(x_BxLxD, input_mask_BxL, deterministic)
-    return x_BxLxD, self.pooler(x_BxLxD)
+    mask = attention_lib.pair_mask(input_mask_BxL) if packed else input_mask_BxL
+    x_BxLxD = self.encoder(x_BxLxD, mask, deterministic)
+    return x_BxLxD, self.pooler(x_BxLxD, cls_positions_BxE)
 
   def word_table(self):
     return self.embeddings.word_table()

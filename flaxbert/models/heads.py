@@ -81,9 +81,13 @@ class BertForPreTraining(nn.Module):
     self.nsp = Classifier(self.config, 2, dropout=False)
 
   def __call__(self, input_ids, segment_ids=None, input_mask=None, masked_positions=None,
-               deterministic=True):
-    seq_BxLxD, pooled_BxD = self.bert(input_ids, segment_ids, input_mask,
-                                      deterministic=deterministic)
+               deterministic=True, position_ids=None, nsp_positions=None):
+    # Packed rows (data/packing.py) come with each example's [CLS] position: NSP logits are
+    # then B x E x 2, one per example.
+    seq_BxLxD, pooled_BxD = self.bert(input_ids, segment_ids, input_mask, position_ids,
+                                      deterministic=deterministic,
+                                      packed=nsp_positions is not None,
+                                      cls_positions_BxE=nsp_positions)
     if masked_positions is not None:
       seq_BxLxD = nn.with_logical_constraint(gather_positions(seq_BxLxD, masked_positions),
                                              ("batch", None, "embed"))

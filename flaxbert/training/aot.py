@@ -61,11 +61,9 @@ def compile_report(cfg, devices) -> dict:
   b, s = cfg.batch_size, cfg.seq_len
   p = cfg.max_predictions or default_max_predictions(s)
   batch_sharding = mesh_lib.batch_sharding(mesh)
-  shapes = {"input_ids": ((b, s), jnp.int32), "segment_ids": ((b, s), jnp.int32),
-            "input_mask": ((b, s), jnp.int32), "masked_positions": ((b, p), jnp.int32),
-            "masked_ids": ((b, p), jnp.int32), "masked_weights": ((b, p), jnp.float32),
-            "nsp_label": ((b,), jnp.int32)}
-  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+  from flaxbert.data.packing import batch_shapes
+  shapes = batch_shapes(b, s, p, getattr(cfg, "pack", False))
+  batch = {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=batch_sharding)
            for k, (shape, dtype) in shapes.items()}
   step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt_cfg),
                                  cfg.accum_steps),

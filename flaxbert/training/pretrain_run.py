@@ -49,6 +49,7 @@ class PretrainConfig:
   seq_len: int = 128
   max_predictions: int | None = None
   whole_word: bool = False
+  pack: bool = False                       # several pairs per row (data/packing.py)
   accum_steps: int = 1
   mesh: str | None = None
   optimizer: str = "adamw"
@@ -155,7 +156,7 @@ def _batches(cfg, files, tokenizer_dir, seed, **kwargs):
   return pretraining_batches(
       files, tokenizer_dir, cfg.data_dir or os.path.join(cfg.workdir, "data", "prepared"),
       batch_size=cfg.batch_size, seq_length=cfg.seq_len, seed=seed,
-      max_predictions=cfg.max_predictions, whole_word=cfg.whole_word, **kwargs)
+      max_predictions=cfg.max_predictions, whole_word=cfg.whole_word, pack=cfg.pack, **kwargs)
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -187,7 +188,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
       dummy_inputs=dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32)),
       train_step=make_train_step(model, tx, optim.learning_rate_schedule(opt_cfg),
                                  cfg.accum_steps),
-      data=_batches(cfg, train_files, tokenizer_dir, cfg.seed), evaluate=evaluate)
+      data=_batches(cfg, train_files, tokenizer_dir, cfg.seed), evaluate=evaluate,
+      count_tokens=real_tokens)
   params = host_params(result.state.params)  # a collective: every process takes part
   if jax.process_index() == 0:
     export_bundle(cfg.workdir, os.path.join(cfg.workdir, "bundle"), params=params)
@@ -195,6 +197,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
   if "tokens_per_s" in last:
     last["seq_per_s"] = last["tokens_per_s"] / cfg.seq_len
   return last
+
+
+def real_tokens(batch) -> int:
+  """Non-padding tokens of a batch: tokens/s and MFU count useful work, so packed and
+  padded runs compare directly."""
+  return int(np.count_nonzero(batch["input_mask"]))
 
 
 def _evaluate(cfg, eval_step, params, eval_files, tokenizer_dir, mesh) -> dict:

@@ -18,6 +18,19 @@ from flaxbert.training import mesh as mesh_lib
 from flaxbert.training.state import TrainState
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
+PACKED_INPUTS = ("position_ids", "nsp_positions")   # packed rows only (data/packing.py)
+
+
+def model_inputs(batch):
+  return {k: batch[k] for k in MODEL_INPUTS + PACKED_INPUTS if k in batch}
+
+
+def nsp_weights(batch):
+  """Per-NSP-prediction weight: packed rows' filled slots, or each example's weight."""
+  if "nsp_weights" in batch:
+    return batch["nsp_weights"].astype(jnp.float32)
+  return batch.get("example_weight", jnp.ones(batch["nsp_label"].shape, jnp.float32)
+                   ).astype(jnp.float32)
 SUM_KEYS = ("mlm_loss", "mlm_hits", "mlm_weight", "nsp_loss", "nsp_hits", "nsp_weight")
 
 
@@ -32,10 +45,9 @@ def cross_entropy_sums(logits, labels, weights):
 def pretraining_sums(outputs, batch):
   """Per-batch sums of MLM and NSP losses and hits, and their weights."""
   mlm_w = batch["masked_weights"].astype(jnp.float32)
-  nsp_w = batch.get("example_weight", jnp.ones(batch["nsp_label"].shape, jnp.float32))
+  nsp_w = nsp_weights(batch)
   mlm_loss, mlm_hits = cross_entropy_sums(outputs["mlm_logits"], batch["masked_ids"], mlm_w)
-  nsp_loss, nsp_hits = cross_entropy_sums(outputs["nsp_logits"], batch["nsp_label"],
-                                          nsp_w.astype(jnp.float32))
+  nsp_loss, nsp_hits = cross_entropy_sums(outputs["nsp_logits"], batch["nsp_label"], nsp_w)
   return {"mlm_loss": mlm_loss, "mlm_hits": mlm_hits, "mlm_weight": jnp.sum(mlm_w),
           "nsp_loss": nsp_loss, "nsp_hits": nsp_hits, "nsp_weight": jnp.sum(nsp_w)}
 
@@ -64,11 +76,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     with nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
       step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
       mlm_total = jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0)
-      nsp_total = jnp.maximum(jnp.sum(batch.get(
-          "example_weight", jnp.ones(batch["nsp_label"].shape, jnp.float32))), 1.0)
+      nsp_total = jnp.maximum(jnp.sum(nsp_weights(batch)), 1.0)
 
       def loss_fn(params, micro, key):
-        outputs = model.apply({"params": params}, **{k: micro[k] for k in MODEL_INPUTS},
+        outputs = model.apply({"params": params}, **model_inputs(micro),
                               deterministic=False, rngs={"dropout": key})
         sums = pretraining_sums(outputs, micro)
         return sums["mlm_loss"] / mlm_total + sums["nsp_loss"] / nsp_total, sums
@@ -101,8 +112,7 @@ def make_eval_step(model: nn.Module):
 
   def eval_step(params, batch):
     with nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
-      outputs = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS},
-                            deterministic=True)
+      outputs = model.apply({"params": params}, **model_inputs(batch), deterministic=True)
       return pretraining_sums(outputs, batch)
 
   return eval_step

@@ -15,6 +15,7 @@ from flaxbert.training.state import create_train_state
 from flaxbert.training.step import make_train_step
 
 MESHES = [None, "data=8", "fsdp=8", "data=4,tensor=2", "data=2,fsdp=2,tensor=2"]
+PACKED_MESHES = [None, "data=2,fsdp=2,tensor=2"]   # rows of two examples (data/packing.py)
 
 
 def batches(steps, batch=16, length=32, predictions=5, vocab=256):
@@ -33,7 +34,21 @@ def batches(steps, batch=16, length=32, predictions=5, vocab=256):
     }
 
 
-def losses(mesh_spec, steps=10):
+def packed(batch):
+  """Each row as two examples: [0, split) and [split, real end), split at the row's middle."""
+  b, length = batch["input_ids"].shape
+  real = batch["input_mask"].astype(bool)
+  split = real.sum(1, keepdims=True) // 2
+  column = np.arange(length)[None]
+  second = column >= split
+  return dict(batch, input_mask=(real * (1 + second)).astype(np.int32),
+              position_ids=np.where(second, column - split, column).astype(np.int32) * real,
+              nsp_positions=np.concatenate([np.zeros((b, 1)), split], 1).astype(np.int32),
+              nsp_label=np.stack([batch["nsp_label"], 1 - batch["nsp_label"]], 1),
+              nsp_weights=np.ones((b, 2), np.float32))
+
+
+def losses(mesh_spec, steps=10, pack=False):
   config = BertConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
                       intermediate_size=128, max_position_embeddings=32)
   model = build_model(config, "pretraining")
@@ -49,6 +64,7 @@ def losses(mesh_spec, steps=10):
   out = []
   with jax.set_mesh(mesh):
     for batch in batches(steps):
+      batch = packed(batch) if pack else batch
       state, metrics = step(state, mesh_lib.global_batch(batch, mesh))
       out.append(float(metrics["loss"]))
   qkv = state.params["bert"]["encoder"]["layers"]["attention"]["qkv"]["kernel"]
@@ -58,5 +74,7 @@ def losses(mesh_spec, steps=10):
 
 if __name__ == "__main__":
   assert jax.device_count() == 8, jax.devices()
-  print(json.dumps({str(spec): losses(spec) for spec in MESHES}))
+  results = {str(spec): losses(spec) for spec in MESHES}
+  results.update({f"packed:{spec}": losses(spec, pack=True) for spec in PACKED_MESHES})
+  print(json.dumps(results))
   sys.stdout.flush()
