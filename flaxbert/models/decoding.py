@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxbert.models.encdec import EncDecModel, init_cache
+from flaxbert.models.encdec import CROSS_CACHE, EncDecModel, init_cache
 
 NEG_INF = -1.0e9
 
@@ -76,16 +76,17 @@ def length_penalty(length, alpha: float):
 
 def _gather_beams(tree, beam_indices_BxK, batch: int, old_beams: int, flat: bool = False):
   """Picks beams of every [B, old_beams, ...] array (flat: [B*old_beams, ...], as the cache
-  is laid out) by beam index; scalars (the cache's step counters) are kept."""
-  def gather(x):
-    if x.ndim == 0:
+  is laid out) by beam index; scalars (the cache's step counters) and the cross-attention
+  keys/values (equal across a source's beams) are kept."""
+  def gather(path, x):
+    if x.ndim == 0 or (path and getattr(path[-1], "key", None) in CROSS_CACHE):
       return x
     x_BxKx = x.reshape((batch, old_beams) + x.shape[1:]) if flat else x
     picked = jnp.take_along_axis(
         x_BxKx, beam_indices_BxK.reshape(beam_indices_BxK.shape + (1,) * (x_BxKx.ndim - 2)),
         axis=1)
     return picked.reshape((-1,) + picked.shape[2:]) if flat else picked
-  return jax.tree.map(gather, tree)
+  return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 def _beam(model: EncDecModel, max_length: int, beam_size: int, alpha: float, params,

@@ -56,8 +56,17 @@ class MultiHeadAttention(nn.Module):
     cfg = self.config
     n, h = cfg.num_heads, cfg.head_dim
     q_BxLxNxH = dense(cfg, (n, h), ("embed", "heads", "kv"), "query")(x_BxLxD)
-    k_BxTxNxH = dense(cfg, (n, h), ("embed", "heads", "kv"), "key")(memory_BxTxD)
-    v_BxTxNxH = dense(cfg, (n, h), ("embed", "heads", "kv"), "value")(memory_BxTxD)
+    if decode and not self.causal and self.has_variable("cache", "cross_key"):
+      # Cross-attention while decoding: the encoder memory's keys and values are the same at
+      # every step, so they were projected once, when the cache was made.
+      k_BxTxNxH = self.get_variable("cache", "cross_key")
+      v_BxTxNxH = self.get_variable("cache", "cross_value")
+    else:
+      k_BxTxNxH = dense(cfg, (n, h), ("embed", "heads", "kv"), "key")(memory_BxTxD)
+      v_BxTxNxH = dense(cfg, (n, h), ("embed", "heads", "kv"), "value")(memory_BxTxD)
+      if decode and not self.causal:
+        self.put_variable("cache", "cross_key", k_BxTxNxH)
+        self.put_variable("cache", "cross_value", v_BxTxNxH)
     causal = self.causal
     if decode and self.causal:
       k_BxTxNxH, v_BxTxNxH, kv_mask_BxT = self._cached(k_BxTxNxH, v_BxTxNxH)
@@ -255,10 +264,16 @@ def init_params(model: EncDecModel, rng, *, boxed: bool = False):
   return params if boxed else nn.meta.unbox(params)
 
 
+CROSS_CACHE = ("cross_key", "cross_value")   # per source, the same for all of its beams
+
+
 def init_cache(model: EncDecModel, params, encoded_BxSxD, source_mask_BxS, max_length: int):
-  """A zeroed key/value cache for `max_length` decoding steps of this batch."""
+  """The decoding cache of this batch: zeroed self-attention keys/values for `max_length`
+  steps, and each layer's cross-attention keys/values of the encoder output."""
   dummy_BxT = jnp.zeros((encoded_BxSxD.shape[0], max_length), jnp.int32)
   _, variables = model.apply({"params": params}, dummy_BxT, encoded_BxSxD, source_mask_BxS,
                              decode=True, method=EncDecModel.decode, mutable=["cache"])
   # The creation call ran once over the dummy: reset the position it advanced.
-  return jax.tree.map(jnp.zeros_like, variables["cache"])
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if path[-1].key == "position" else x,
+      variables["cache"])
