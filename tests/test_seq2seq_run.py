@@ -5,6 +5,8 @@ predictions, `flaxbert predict --task seq2seq`, and bad input as a one-line erro
 import json
 import os
 
+import jax
+import numpy as np
 import sacrebleu
 
 from conftest import SHARED_DATA, run_cli
@@ -57,6 +59,14 @@ def test_pretrain_finetune_predict(tmp_path):
     assert final[f"dev_bleu_{name}"] == sacrebleu.corpus_bleu(hyps, [references]).score
     assert final[f"dev_chrf_{name}"] == sacrebleu.corpus_chrf(hyps, [references]).score
   assert os.path.isfile(run / "best" / "config.json")
+  # The run's last checkpoint exported as a bundle equals the bundle the run wrote.
+  rc, out, err = run_cli("export", run, "--out", tmp_path / "exported")
+  assert rc == 0, err[-2000:]
+  from flaxbert.interop import encdec_bundle
+  exported, written = encdec_bundle.load(tmp_path / "exported"), encdec_bundle.load(run / "bundle")
+  assert exported.config == written.config
+  for a, b in zip(jax.tree.leaves(exported.params), jax.tree.leaves(written.params)):
+    np.testing.assert_array_equal(a, b)
 
   sources = tmp_path / "sources.txt"
   sources.write_text("food chain\nwalk-in clinics\n\nburner gas\n", encoding="utf-8")

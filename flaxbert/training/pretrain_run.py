@@ -228,8 +228,18 @@ def export_bundle(workdir: str, out: str, params=None) -> str:
   from flaxbert.data.tokenizer import load_tokenizer
   from flaxbert.interop import bundle as bundle_lib
   run = read_json(os.path.join(workdir, RUN_CONFIG))
-  config = BertConfig.from_dict(run["model_config"])
-  model = build_model(config, run.get("head", "pretraining"))
+  # Encoder-decoder runs (span-corruption pretraining, seq2seq fine-tuning) write a
+  # model_config of EncDecConfig fields.
+  encdec = "num_encoder_layers" in run.get("model_config", {})
+  if encdec:
+    from flaxbert.interop import encdec_bundle
+    from flaxbert.models.encdec import EncDecModel
+    from flaxbert.models.encdec_config import EncDecConfig
+    config = EncDecConfig.from_dict(run["model_config"])
+    model = EncDecModel(config)
+  else:
+    config = BertConfig.from_dict(run["model_config"])
+    model = build_model(config, run.get("head", "pretraining"))
   if params is None:
     params = _latest_params(workdir, model)
   params = jax.tree.map(np.asarray, params)
@@ -237,7 +247,11 @@ def export_bundle(workdir: str, out: str, params=None) -> str:
   if os.path.isdir(out) and os.path.abspath(out) == os.path.abspath(
       os.path.join(workdir, "bundle")):
     shutil.rmtree(out)  # the run's own final bundle is regenerated, never a user's directory
-  bundle_lib.save(out, bundle_lib.Bundle(model, params, tokenizer, config, "pretraining"))
+  if encdec:
+    encdec_bundle.save(out, bundle_lib.Bundle(model, params, tokenizer, config,
+                                              encdec_bundle.HEAD))
+  else:
+    bundle_lib.save(out, bundle_lib.Bundle(model, params, tokenizer, config, "pretraining"))
   return out
 
 
