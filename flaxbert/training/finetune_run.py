@@ -5,8 +5,9 @@ epoch (through the same code as `flaxbert predict` / `flaxbert evaluate`), the b
 parameters are kept as a bundle in WORKDIR/best/ (with their predictions in
 WORKDIR/predictions/), the final parameters go to WORKDIR/bundle/, and results.json sums up.
 
-The pretrained weights enter as checkpoint 0, so the loop's exact resume covers fine-tuning
-unchanged: re-running the same command continues from the newest checkpoint.
+The pretrained weights enter as the loop's initial parameters of a fresh run; the loop's exact
+resume covers fine-tuning unchanged: re-running the same command continues from the newest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -282,7 +283,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
                                "metric": cfg.metric, "score": main, "dev": scores})
     return {f"dev_{k}": v for k, v in scores.items() if isinstance(v, float)}
 
-  _write_initial_checkpoint(cfg, model, tx, mesh, bundle.params, train_batches)
   loop_cfg = loop.LoopConfig(
       workdir=cfg.workdir, total_steps=total_steps, log_every=cfg.log_every,
       eval_every=steps_per_epoch, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
@@ -292,7 +292,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
   result = loop.run(loop_cfg, model=model, tx=tx, mesh=mesh, dummy_inputs=dummy_inputs(),
                     train_step=make_train_step(model, tx, cfg.head,
                                                optim.learning_rate_schedule(opt_cfg)),
-                    data=train_batches, evaluate=evaluate)
+                    data=train_batches, evaluate=evaluate, initial_params=bundle.params)
   host = host_params(result.state.params)
   results = {}
   if is_main:
@@ -337,21 +337,3 @@ def _save_bundle(out: str, bundle, params, settings) -> None:
                                          bundle.tokenizer, bundle.config, bundle.head,
                                          bundle.labels))
   write_json(os.path.join(out, predict_lib.SETTINGS_FILE), dataclasses.asdict(settings))
-
-
-def _write_initial_checkpoint(cfg, model, tx, mesh, params, data) -> None:
-  """Checkpoint 0 = the pretrained encoder + fresh head, unless the run has checkpoints."""
-  from flaxbert.training.checkpoint import RunCheckpoints
-  from flaxbert.training.state import create_train_state
-  directory = os.path.join(cfg.workdir, "checkpoints")
-  checkpoints = RunCheckpoints(directory, cfg.keep_checkpoints, async_save=False)
-  if checkpoints.latest_step() is not None:
-    checkpoints.close()
-    return
-  state, shardings = create_train_state(model, tx, mesh, cfg.seed, dummy_inputs())
-  loaded = jax.tree.map(
-      lambda x, s: jax.make_array_from_callback(
-          s.shape, s.sharding, lambda index, x=x, s=s: np.asarray(x, s.dtype)[index]),
-      params, state.params)
-  checkpoints.save(0, state.replace(params=loaded), data, force=True)
-  checkpoints.close()

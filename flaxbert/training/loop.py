@@ -77,16 +77,29 @@ class _Sigterm:
     return bool(np.any(multihost_utils.process_allgather(np.array(self.received))))
 
 
+def _with_params(state, shardings, tx, params):
+  """`state` with these host parameters (each process places its own shards) and a fresh
+  optimizer state for them."""
+  placed = jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(
+          s.shape, s.sharding, lambda index, x=x, s=s: np.asarray(x, s.dtype)[index]),
+      params, state.params)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(placed)
+  return state.replace(params=placed, opt_state=opt_state)
+
+
 def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
         train_step: Callable, data: Iterator,
         evaluate: Callable[[Any, int], dict] | None = None,
-        count_tokens: Callable[[dict], int] | None = None) -> LoopResult:
+        count_tokens: Callable[[dict], int] | None = None,
+        initial_params: Any = None) -> LoopResult:
   """Trains to cfg.total_steps (resuming if a checkpoint exists); returns the final state.
 
   evaluate(params, step) -> metrics is called every cfg.eval_every steps and at the end; its
   metrics are logged with that step's. count_tokens(local batch) -> real (non-padding)
   tokens of this process's rows: tokens_per_s then counts those (all processes) instead of
-  cfg.tokens_per_step, for batches whose shapes or padding vary.
+  cfg.tokens_per_step, for batches whose shapes or padding vary. initial_params (host
+  arrays, e.g. a pretrained bundle's) replace the random initialisation of a fresh run.
   """
   is_main = jax.process_index() == 0
   checkpoints = RunCheckpoints(os.path.join(cfg.workdir, "checkpoints"), cfg.keep_checkpoints,
@@ -95,6 +108,8 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
   restored = checkpoints.restore(target, data)
   if restored is None:
     state, shardings = create_train_state(model, tx, mesh, cfg.seed, dummy_inputs)
+    if initial_params is not None:
+      state = _with_params(state, shardings, tx, initial_params)
     start = 0
   else:
     start, state = restored

@@ -9,9 +9,8 @@ TSV; the predictions are written to WORKDIR/predictions/dev_greedy_step{N}.txt a
 best-BLEU parameters to WORKDIR/best. At the last step beam search is scored too
 (dev_beam{K}_step{N}.txt). WORKDIR/bundle holds the final parameters.
 
-With `init` (a bundle, e.g. from encdec pretraining), its tokenizer and config are used and
-its parameters are written as the run's step-0 checkpoint, which the loop then resumes from:
-the one initialisation path stays the loop's.
+With `init` (a bundle, e.g. from encdec pretraining), its tokenizer, config and parameters
+are used; the loop places the parameters (initial_params) when the run has no checkpoint.
 """
 
 from __future__ import annotations
@@ -137,21 +136,6 @@ def real_tokens(batch: dict) -> int:
   return int(batch["source_mask"].sum() + batch["target_mask"].sum())
 
 
-def _seed_from_bundle(cfg: Seq2SeqConfig, model, tx, mesh, dummy, init_params, data) -> None:
-  """Writes the init bundle's parameters as step 0, unless the run already has checkpoints."""
-  from flaxbert.training.checkpoint import RunCheckpoints
-  from flaxbert.training.state import create_train_state
-  checkpoints = RunCheckpoints(os.path.join(cfg.workdir, "checkpoints"), cfg.keep_checkpoints,
-                               async_save=False)
-  if checkpoints.latest_step() is None:
-    state, shardings = create_train_state(model, tx, mesh, cfg.seed, dummy)
-    params = jax.device_put(jax.tree.map(np.asarray, init_params), shardings.params)
-    state = state.replace(params=params, opt_state=jax.jit(tx.init, out_shardings=(
-        shardings.opt_state))(params))
-    checkpoints.save(0, state, data, force=True)
-  checkpoints.close()
-
-
 def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
   """Trains (or resumes) on source<TAB>target pairs; returns the last metrics."""
   from flaxbert.data.pipeline import finetune_data
@@ -186,8 +170,6 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
   dummy = encdec.dummy_inputs()
   train_batches = data.batches("train", batch_size=cfg.batch_size, seed=cfg.seed,
                                bucket_by_length=cfg.bucket_by_length)
-  if init is not None:
-    _seed_from_bundle(cfg, model, tx, mesh, dummy, init.params, train_batches)
   eval_step = jax.jit(seq2seq_step.make_eval_step(model, cfg.label_smoothing))
   sources, references = dev_pairs(cfg.dev, cfg.eval_examples)
   best_path = os.path.join(cfg.workdir, "best")
@@ -238,7 +220,8 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
   result = loop.run(loop_cfg, model=model, tx=tx, mesh=mesh, dummy_inputs=dummy,
                     train_step=seq2seq_step.make_train_step(
                         model, tx, optim.learning_rate_schedule(opt_cfg), cfg.label_smoothing),
-                    data=train_batches, evaluate=evaluate, count_tokens=real_tokens)
+                    data=train_batches, evaluate=evaluate, count_tokens=real_tokens,
+                    initial_params=init.params if init is not None else None)
   params = host_params(result.state.params)
   if jax.process_index() == 0:
     encdec_bundle.replace(os.path.join(cfg.workdir, "bundle"),
