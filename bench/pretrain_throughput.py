@@ -7,6 +7,7 @@ pipeline is not measured here (see bench/input_pipeline.py).
 
     python bench/pretrain_throughput.py                 # rows for the devices present
     python bench/pretrain_throughput.py --rows base:128:256 large:128:128 --steps 20
+    python bench/pretrain_throughput.py --xla-variants default no_triton_gemm latency_hiding
 
 With --corpus, each row runs twice on real pretraining batches of that corpus (as the
 launcher makes them, tokenizer trained on it), padded and packed (--pack), and reports the
@@ -123,6 +124,42 @@ def measure(name, seq, batch, steps, dtype, mesh_spec, overrides, corpus=None, p
   }
 
 
+# XLA options worth measuring on GPU (each run in a fresh process: XLA reads XLA_FLAGS once).
+XLA_VARIANTS = {
+    "default": "",
+    "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
+    "latency_hiding": "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "no_command_buffer": "--xla_gpu_enable_command_buffer=",
+}
+
+
+def run_variants(names):
+  """Re-runs this benchmark under each XLA_FLAGS variant; one JSON object per variant."""
+  import os
+  import subprocess
+  import sys
+  argv = [a for a in sys.argv[1:]]
+  cut = argv.index("--xla-variants")
+  rest = argv[cut + 1:]
+  while rest and not rest[0].startswith("--"):
+    rest.pop(0)
+  argv = argv[:cut] + rest
+  out = {}
+  for name in names:
+    if name.partition(":")[0] not in XLA_VARIANTS and ":" not in name:
+      raise SystemExit(f"unknown XLA variant {name!r}: {', '.join(XLA_VARIANTS)} or NAME:FLAGS")
+    name, _, literal = name.partition(":")   # a name above, or NAME:FLAGS
+    flags = literal or XLA_VARIANTS[name]
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True,
+                          env=env)
+    try:
+      out[name] = {"xla_flags": flags, **json.loads(proc.stdout)}
+    except json.JSONDecodeError:
+      out[name] = {"xla_flags": flags, "error": proc.stderr.strip().splitlines()[-1:]}
+  print(json.dumps(out, indent=2))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rows", nargs="+", help="CONFIG:SEQ:BATCH (config tiny|base|large)")
@@ -132,7 +169,13 @@ def main():
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   parser.add_argument("--corpus", help="real batches of this BERT-format corpus, padded and "
                       "packed, instead of random full-length ones")
+  parser.add_argument("--xla-variants", nargs="+", metavar="NAME",
+                      help=f"run everything once per XLA_FLAGS variant ({', '.join(XLA_VARIANTS)}"
+                      ", or NAME:FLAGS), each in a fresh process")
   args = parser.parse_args()
+  if args.xla_variants:
+    run_variants(args.xla_variants)
+    return
   accelerator = jax.default_backend() != "cpu"
   rows = args.rows or (GPU_ROWS if accelerator else CPU_ROWS)
   dtype = args.dtype or ("bfloat16" if accelerator else "float32")
