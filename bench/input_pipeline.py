@@ -107,6 +107,7 @@ def main(argv=None) -> dict:
     for threads in args.threads:
       report["throughput"][f"threads={threads}"] = _throughput(batches(threads), args.batches)
     report["throughput"]["whole_word"] = _throughput(batches(whole_word=True), args.batches)
+    report["throughput"]["packed"] = _throughput(batches(pack=True), args.batches)
     for workers in args.workers:
       report["throughput"][f"workers={workers}"] = _throughput(
           batches(1, worker_count=workers), args.batches)
