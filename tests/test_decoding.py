@@ -109,3 +109,29 @@ def test_length_penalty_prefers_longer_hypotheses():
   lp = decoding.length_penalty
   assert float(lp(jnp.array(1), 0.0)) == 1.0
   assert float(lp(jnp.array(7), 1.0)) == 2.0
+
+
+class _DigitTokenizer:
+  """Texts of space-separated ids, for `translate` without a trained tokenizer."""
+  pad_id, sep_id = PAD, EOS
+
+  def encode_batch(self, texts):
+    return [[int(t) for t in text.split()] for text in texts]
+
+  def decode(self, ids):
+    return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_translate_returns_outputs_in_input_order(reverser, beam):
+  """translate decodes shortest sources first with trimmed padding; the outputs still come
+  back in input order, each as it would alone (the reverser reverses exactly)."""
+  from flaxbert.tasks.seq2seq import translate
+  model, params = reverser
+  rng = np.random.default_rng(11)
+  sources = [rng.integers(FIRST, VOCAB, n).tolist() for n in (6, 2, 5, 3, 6, 2, 4, 3, 5, 2)]
+  texts = [" ".join(map(str, s)) for s in sources]
+  outputs, generated = translate(model, params, _DigitTokenizer(), texts, max_source_length=16,
+                                 max_length=TGT_LEN, beam_size=beam, batch_size=4)
+  assert outputs == [" ".join(map(str, s[::-1])) for s in sources]
+  assert generated == sum(len(s) + 1 for s in sources)
