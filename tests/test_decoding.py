@@ -124,8 +124,8 @@ class _DigitTokenizer:
 
 @pytest.mark.parametrize("beam", [1, 2])
 def test_translate_returns_outputs_in_input_order(reverser, beam):
-  """translate decodes shortest sources first with trimmed padding; the outputs still come
-  back in input order, each as it would alone (the reverser reverses exactly)."""
+  """translate batches and pads sources of different lengths; every output comes back in
+  input order, as it would alone (the reverser reverses exactly), the token count exact."""
   from flaxbert.tasks.seq2seq import translate
   model, params = reverser
   rng = np.random.default_rng(11)

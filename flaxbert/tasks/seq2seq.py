@@ -26,35 +26,27 @@ def encode_sources(tokenizer, texts: Sequence[str], max_source_length: int):
 def translate(model, params, tokenizer, texts: Sequence[str], *, max_source_length: int = 128,
               max_length: int = 128, beam_size: int = 1, alpha: float = 0.6,
               batch_size: int = 64) -> tuple[list[str], int]:
-  """(decoded strings in input order, count of generated tokens incl. EOS).
-
-  Sources are decoded shortest first, so a batch holds similar lengths (its decoding loop
-  ends when its longest output does), each batch's source padding cut to a power-of-two
-  width from 8; batches keep `batch_size` rows, so each setting compiles once per width."""
+  """(decoded strings, count of generated tokens incl. EOS), batches padded to a fixed shape
+  so each setting compiles once."""
   ids, mask = encode_sources(tokenizer, texts, max_source_length)
-  order = np.argsort(mask.sum(axis=1), kind="stable")
-  outputs: list[str | None] = [None] * len(texts)
-  generated = 0
+  outputs, generated = [], 0
   eos = model.config.eos_token_id
   for start in range(0, len(texts), batch_size):
-    rows = order[start:start + batch_size]
-    width = min(max_source_length, max(8, 1 << int(mask[rows].sum(axis=1).max() - 1)
-                                       .bit_length()))
-    chunk_ids, chunk_mask = ids[rows, :width], mask[rows, :width]
-    real = len(rows)
+    chunk_ids, chunk_mask = ids[start:start + batch_size], mask[start:start + batch_size]
+    real = len(chunk_ids)
     if real < batch_size:   # fill rows: one EOS each, decoded and dropped
       fill = batch_size - real
-      chunk_ids = np.concatenate([chunk_ids, np.full((fill, width), tokenizer.pad_id,
-                                                     np.int32)])
-      chunk_mask = np.concatenate([chunk_mask, np.zeros((fill, width), np.int32)])
+      chunk_ids = np.concatenate([chunk_ids, np.full((fill, max_source_length),
+                                                     tokenizer.pad_id, np.int32)])
+      chunk_mask = np.concatenate([chunk_mask, np.zeros((fill, max_source_length), np.int32)])
       chunk_ids[real:, 0], chunk_mask[real:, 0] = tokenizer.sep_id, 1
     decoded = np.asarray(decoding.generate(model, params, chunk_ids, chunk_mask,
                                            max_length=max_length, beam_size=beam_size,
                                            alpha=alpha))
-    for row, out in zip(rows, decoded[:real]):
-      kept = decoding.strip_eos(out, eos)
+    for row in decoded[:real]:
+      kept = decoding.strip_eos(row, eos)
       generated += min(len(kept) + 1, max_length)
-      outputs[row] = tokenizer.decode(kept)
+      outputs.append(tokenizer.decode(kept))
   return outputs, generated
 
 
