@@ -153,3 +153,28 @@ def test_packed_pipeline_fills_rows_and_resumes(small_corpus, spm_dir, tmp_path)
   got = next(again)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_concurrent_reads_give_the_same_rows():
+  """grain's prefetch threads read batches concurrently from a fresh plan (e.g. right after
+  a resume): the lazily made epoch plans must not race (they did before the lock)."""
+  import threading
+  lengths = np.random.default_rng(1).integers(10, 64, 20000)
+
+  def plan():
+    return packing.PackedGlobalBatches(lengths, seq_length=64, batch_size=64, seed=3,
+                                       process_index=0, process_count=1, max_per_row=4)
+  reference = plan()
+  want = {b: reference[b] for b in range(200, 216)}   # epoch 1 and on
+  for _ in range(3):
+    fresh, got = plan(), {}
+    threads = [threading.Thread(target=lambda b=b: got.__setitem__(b, fresh[b])) for b in want]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    for b in want:
+      np.testing.assert_array_equal(got[b], want[b])
+  import pickle
+  copy = pickle.loads(pickle.dumps(reference))   # grain's worker processes get a copy
+  np.testing.assert_array_equal(copy[205], want[205])

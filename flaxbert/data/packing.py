@@ -18,6 +18,8 @@ any number of processes.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 OPEN_ROWS = 8   # rows first-fit may still add to; more fills rows tighter but reorders more
@@ -74,6 +76,17 @@ class PackedGlobalBatches:
     self.offset = process_index * self.per_process
     self._starts = [0]   # first global row of each epoch planned so far, then the end
     self._plans: dict[int, np.ndarray] = {}
+    # grain's prefetch threads call __getitem__ concurrently: plans are made under a lock.
+    self._lock = threading.Lock()
+
+  def __getstate__(self):   # for grain's worker processes: plans are remade there
+    state = dict(self.__dict__, _starts=[0], _plans={})
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return np.iinfo(np.int64).max
@@ -105,12 +118,13 @@ class PackedGlobalBatches:
       raise IndexError(batch)
     first = batch * self.batch_size + self.offset
     out = np.full((self.per_process, self.max_per_row, 2), -1, np.int64)
-    for i in range(self.per_process):
-      epoch, r = self._locate(first + i)
-      members = self._epoch_rows(epoch)[r]
-      used = members >= 0
-      out[i, used, 0] = epoch
-      out[i, used, 1] = members[used]
+    with self._lock:
+      for i in range(self.per_process):
+        epoch, r = self._locate(first + i)
+        members = self._epoch_rows(epoch)[r]
+        used = members >= 0
+        out[i, used, 0] = epoch
+        out[i, used, 1] = members[used]
     return out
 
 
