@@ -145,6 +145,15 @@ class _GlobalBatches:
     return np.stack([epoch, index], axis=1).astype(np.int64)
 
 
+def check_process_split(batch_size: int, process_index: int, process_count: int) -> None:
+  """Every process takes batch_size / process_count rows of each global batch."""
+  if batch_size % process_count:
+    raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
+                        "processes")
+  if not 0 <= process_index < process_count:
+    raise FlaxbertError(f"process index {process_index} is not in [0, {process_count})")
+
+
 def batched_indices(num_records: int, *, batch_size: int, seed: int, shuffle: bool,
                     num_epochs: int | None, drop_remainder: bool, process_index: int,
                     process_count: int) -> grain.MapDataset:
@@ -155,11 +164,7 @@ def batched_indices(num_records: int, *, batch_size: int, seed: int, shuffle: bo
   together cover every record of an epoch. Without `drop_remainder`, the last global batch
   is filled with rows (epoch, -1), which the loaders turn into padding examples of weight 0.
   """
-  if batch_size % process_count:
-    raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
-                        "processes")
-  if not 0 <= process_index < process_count:
-    raise FlaxbertError(f"process index {process_index} is not in [0, {process_count})")
+  check_process_split(batch_size, process_index, process_count)
   if num_records == 0:
     raise FlaxbertError("the prepared dataset is empty")
   return grain.MapDataset.source(_GlobalBatches(
@@ -259,9 +264,7 @@ def pretraining_batches(corpus_files: Sequence[str], tokenizer_dir: str, data_di
   if pack:
     if num_epochs is not None:
       raise ValueError("packed pretraining batches are endless")
-    if batch_size % process_count:
-      raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
-                          "processes")
+    check_process_split(batch_size, process_index, process_count)
     from flaxbert.data import length_buckets, packing
     per_row = packing.default_max_per_row(seq_length)
     row_predictions = packing.packed_max_predictions(seq_length, per_row,
@@ -364,9 +367,7 @@ class TaskData:
       if not shuffle or num_epochs is not None:
         raise ValueError("bucket_by_length is for endless shuffled training batches")
       from flaxbert.data import length_buckets
-      if batch_size % process_count:
-        raise FlaxbertError(f"batch size {batch_size} does not divide among {process_count} "
-                            "processes")
+      check_process_split(batch_size, process_index, process_count)
       indices = grain.MapDataset.source(length_buckets.BucketedGlobalBatches(
           length_buckets.record_lengths(self.builder, split, fields),
           tuple(self._lengths.values()), batch_size=batch_size, seed=seed,

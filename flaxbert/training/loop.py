@@ -157,9 +157,9 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
             last["tokens_per_s"] = rate * window_tokens / window_steps
           elif cfg.tokens_per_step:
             last["tokens_per_s"] = rate * cfg.tokens_per_step
-            if cfg.flops_per_token and peak:
-              last["mfu"] = (cfg.flops_per_token * last["tokens_per_s"]
-                             / (peak * jax.device_count()))
+          if "tokens_per_s" in last and cfg.flops_per_token and peak:
+            last["mfu"] = (cfg.flops_per_token * last["tokens_per_s"]
+                           / (peak * jax.device_count()))
           if eval_due:
             last.update(evaluate(state.params, step))
           writer.write(step, last)

@@ -19,6 +19,7 @@ from flaxbert.training.state import TrainState
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
 PACKED_INPUTS = ("position_ids", "nsp_positions")   # packed rows only (data/packing.py)
+SUM_KEYS = ("mlm_loss", "mlm_hits", "mlm_weight", "nsp_loss", "nsp_hits", "nsp_weight")
 
 
 def model_inputs(batch):
@@ -31,7 +32,6 @@ def nsp_weights(batch):
     return batch["nsp_weights"].astype(jnp.float32)
   return batch.get("example_weight", jnp.ones(batch["nsp_label"].shape, jnp.float32)
                    ).astype(jnp.float32)
-SUM_KEYS = ("mlm_loss", "mlm_hits", "mlm_weight", "nsp_loss", "nsp_hits", "nsp_weight")
 
 
 def cross_entropy_sums(logits, labels, weights):
