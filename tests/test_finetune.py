@@ -47,6 +47,17 @@ def check_run(workdir, task, metric):
   return results
 
 
+def predict_and_evaluate(task, bundle, gold, predictions):
+  """`flaxbert predict` on the gold file, then `flaxbert evaluate` against it: the scores."""
+  rc, out, err = run_cli("predict", bundle, "--task", task, "--input", gold,
+                         "--output", predictions, "--quiet")
+  assert rc == 0, err[-3000:]
+  rc, out, err = run_cli("evaluate", "--task", task, "--predictions", predictions,
+                         "--gold", gold)
+  assert rc == 0, err
+  return json.loads(out)
+
+
 def test_classify_sentiment_predict_evaluate(minilm_dir, tmp_path):
   w = tmp_path / "run"
   rc, out, err = run_cli(*finetune("classify", w, minilm_dir, "--max-train-examples", "240",
@@ -84,13 +95,8 @@ def test_ner_f1_is_seqeval_on_written_predictions(minilm_dir, tmp_path):
   from flaxbert.tasks import ner
   gold, pred = ner.read_predictions(str(w / "predictions" / "dev.conll"))
   assert results["best"]["score"] == f1_score(gold, pred)
-  rc, out, err = run_cli("predict", w / "best", "--task", "ner", "--input", results["dev_file"],
-                         "--output", tmp_path / "pred.conll", "--quiet")
-  assert rc == 0, err[-3000:]
-  rc, out, err = run_cli("evaluate", "--task", "ner", "--predictions", tmp_path / "pred.conll",
-                         "--gold", results["dev_file"])
-  assert rc == 0, err
-  assert json.loads(out)["f1"] == results["best"]["score"]
+  scores = predict_and_evaluate("ner", w / "best", results["dev_file"], tmp_path / "pred.conll")
+  assert scores["f1"] == results["best"]["score"]
 
 
 def test_qa_predict_evaluate(minilm_dir, tmp_path):
@@ -101,13 +107,8 @@ def test_qa_predict_evaluate(minilm_dir, tmp_path):
                                    "--batch-size", "8", "--lr", "3e-4"))
   assert rc == 0, err[-3000:]
   results = check_run(w, "qa", "f1")
-  rc, out, err = run_cli("predict", w / "best", "--task", "qa", "--input", results["dev_file"],
-                         "--output", tmp_path / "pred.json", "--quiet")
-  assert rc == 0, err[-3000:]
-  rc, out, err = run_cli("evaluate", "--task", "qa", "--predictions", tmp_path / "pred.json",
-                         "--gold", results["dev_file"])
-  assert rc == 0, err
-  assert json.loads(out) == results["best"]["dev"]
+  scores = predict_and_evaluate("qa", w / "best", results["dev_file"], tmp_path / "pred.json")
+  assert scores == results["best"]["dev"]
 
 
 def test_pair_classification_resumes_exactly_after_sigkill(minilm_dir, tmp_path):
