@@ -9,7 +9,7 @@ import argparse
 import json
 import time
 
-from flaxbert.interop import encdec_bundle
+from flaxbert import bundle as bundle_lib
 from flaxbert.tasks.seq2seq import read_sources, translate
 
 
@@ -22,7 +22,7 @@ def main():
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--max-length", type=int, default=32)
   args = p.parse_args()
-  bundle = encdec_bundle.load(args.bundle)
+  bundle = bundle_lib.load_encdec_bundle(args.bundle)
   texts = read_sources(args.sources)[1:args.examples + 1]   # skip the TSV header
   results = {"examples": len(texts), "batch_size": args.batch_size,
              "max_length": args.max_length}

@@ -66,8 +66,8 @@ def bench_model(name: str, hf_dir: str, work: str, args) -> dict:
   import torch
   import transformers
   import flaxbert.serving
-  from flaxbert.interop import bundle as bundle_lib
-  from flaxbert.interop.serving import export_serving
+  from flaxbert import bundle as bundle_lib
+  from flaxbert.inference.serving import export_serving
 
   bundle = bundle_lib.load(hf_dir, head="encoder")
   runners = {}

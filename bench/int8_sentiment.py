@@ -38,7 +38,7 @@ def trained_classifier(minilm_dir: str, texts, labels, steps: int, max_length: i
   import jax
   import optax
   from flaxbert.inference import bucketing, embed
-  from flaxbert.interop import bundle as bundle_lib
+  from flaxbert import bundle as bundle_lib
   from flaxbert.models.factory import build_model, init_params
 
   base = bundle_lib.load(minilm_dir)
@@ -71,7 +71,7 @@ def trained_classifier(minilm_dir: str, texts, labels, steps: int, max_length: i
 
 def compare_int8(bundle, work: str, texts, labels, max_length: int = 64) -> dict:
   import flaxbert.serving
-  from flaxbert.interop.serving import export_serving
+  from flaxbert.inference.serving import export_serving
   logits, sizes = {}, {}
   for kind, int8 in (("float32", False), ("int8", True)):
     out = os.path.join(work, kind)

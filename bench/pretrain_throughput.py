@@ -30,7 +30,8 @@ import numpy as np
 
 from flaxbert.models.config import PRESETS
 from flaxbert.models.factory import build_model, dummy_inputs, param_count
-from flaxbert.training import mesh as mesh_lib, optim
+from flaxbert import sharding as mesh_lib
+from flaxbert.training import optim
 from flaxbert.training.metrics import device_peak_flops, flops_per_token
 from flaxbert.training.state import create_train_state
 from flaxbert.training.step import make_train_step

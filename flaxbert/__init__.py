@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 
 def load(path, *, head=None):
-  """Loads a bundle directory or an HF BERT checkpoint directory. See `interop.bundle.load`."""
-  from flaxbert.interop.bundle import load as _load
+  """Loads a bundle directory or an HF BERT checkpoint directory. See `flaxbert.bundle.load`."""
+  from flaxbert.bundle import load as _load
   return _load(path, head=head)
 
 

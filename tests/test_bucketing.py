@@ -6,7 +6,7 @@ import pytest
 
 from conftest import make_hf_checkpoint
 from flaxbert.inference import bucketing, embed
-from flaxbert.interop import bundle as bundle_lib
+from flaxbert import bundle as bundle_lib
 
 
 def test_buckets():

@@ -9,7 +9,8 @@ import pytest
 from flaxbert.models import decoding
 from flaxbert.models.encdec import EncDecModel, dummy_inputs
 from flaxbert.models.encdec_config import get_config
-from flaxbert.training import mesh as mesh_lib, optim, seq2seq_step
+from flaxbert import sharding as mesh_lib
+from flaxbert.training import optim, seq2seq_step
 from flaxbert.training.state import create_train_state
 
 PAD, START, EOS, FIRST, VOCAB = 0, 2, 3, 4, 16

@@ -10,8 +10,8 @@ import transformers
 from safetensors.numpy import load_file
 
 import flaxbert
-from flaxbert.interop import bundle as bundle_lib
-from flaxbert.interop.hf import params_to_hf
+from flaxbert import bundle as bundle_lib
+from flaxbert.bundle.hf import params_to_hf
 
 from conftest import make_hf_checkpoint, random_batch
 

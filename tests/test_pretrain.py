@@ -75,7 +75,8 @@ def test_gradient_accumulation_equals_the_large_batch():
   from sharding_losses import batches
   from flaxbert.models.config import BertConfig
   from flaxbert.models.factory import build_model, dummy_inputs
-  from flaxbert.training import mesh as mesh_lib, optim
+  from flaxbert import sharding as mesh_lib
+from flaxbert.training import optim
   from flaxbert.training.state import create_train_state
   from flaxbert.training.step import make_train_step
   config = BertConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=2,
@@ -213,7 +214,7 @@ def test_export_and_bad_settings(corpus_and_tokenizer, tmp_path):
 def test_ahead_of_time_compile_report():
   from flaxbert.errors import FlaxbertError
   from flaxbert.training import aot
-  from flaxbert.training.pretrain_run import PretrainConfig
+  from flaxbert.recipes.bert_pretrain import PretrainConfig
   cfg = PretrainConfig(workdir="unused", model="tiny", vocab_size=1000, batch_size=8,
                        seq_len=64, steps=10)
   report = aot.compile_report(cfg, jax.devices())
@@ -256,7 +257,8 @@ def test_bfloat16_and_float32_losses_agree_over_100_steps():
   from sharding_losses import batches
   from flaxbert.models.config import BertConfig
   from flaxbert.models.factory import build_model, dummy_inputs
-  from flaxbert.training import mesh as mesh_lib, optim
+  from flaxbert import sharding as mesh_lib
+from flaxbert.training import optim
   from flaxbert.training.state import create_train_state
   from flaxbert.training.step import make_train_step
   mesh = mesh_lib.make_mesh(None)

@@ -62,8 +62,9 @@ def test_pretrain_finetune_predict(tmp_path):
   # The run's last checkpoint exported as a bundle equals the bundle the run wrote.
   rc, out, err = run_cli("export", run, "--out", tmp_path / "exported")
   assert rc == 0, err[-2000:]
-  from flaxbert.interop import encdec_bundle
-  exported, written = encdec_bundle.load(tmp_path / "exported"), encdec_bundle.load(run / "bundle")
+  from flaxbert import bundle as bundle_lib
+  exported = bundle_lib.load_encdec_bundle(tmp_path / "exported")
+  written = bundle_lib.load_encdec_bundle(run / "bundle")
   assert exported.config == written.config
   for a, b in zip(jax.tree.leaves(exported.params), jax.tree.leaves(written.params)):
     np.testing.assert_array_equal(a, b)

@@ -12,8 +12,8 @@ import pytest
 
 import flaxbert.serving
 from flaxbert.errors import FlaxbertError
-from flaxbert.interop import bundle as bundle_lib
-from flaxbert.interop.serving import export_serving
+from flaxbert import bundle as bundle_lib
+from flaxbert.inference.serving import export_serving
 from flaxbert.models.factory import build_model, init_params
 from conftest import REPO, make_hf_checkpoint, random_batch, run_cli
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def run_convert(args) -> None:
-  from flaxbert.interop import bundle as bundle_lib
+  from flaxbert import bundle as bundle_lib
   if args.from_hf:
     bundle = bundle_lib.import_hf(args.from_hf)
     bundle_lib.save(args.out, bundle)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def run_embed(args) -> None:
   from flaxbert.inference.embed import embed_file
-  from flaxbert.interop import bundle as bundle_lib
+  from flaxbert import bundle as bundle_lib
   bundle = bundle_lib.load(args.bundle)
   result = embed_file(bundle, args.input, args.output, max_length=args.max_length,
                       batch_size=args.batch_size, show_progress=not args.quiet)

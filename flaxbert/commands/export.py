@@ -2,7 +2,7 @@
 
   flaxbert export WORKDIR --out BUNDLE                  the bundle of a run's newest checkpoint
   flaxbert export BUNDLE --serving --out DIR [--int8]   StableHLO + params + tokenizer +
-                                                        manifest; see flaxbert.interop.serving
+                                                        manifest; see flaxbert.inference.serving
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from flaxbert.errors import FlaxbertError
 
 def run_export(args) -> None:
   if args.serving:
-    from flaxbert.interop import bundle as bundle_lib
-    from flaxbert.interop.serving import export_serving
+    from flaxbert import bundle as bundle_lib
+    from flaxbert.inference.serving import export_serving
     manifest = export_serving(bundle_lib.load(args.source), args.out, int8=args.int8)
     sizes = manifest["files"]
     detail = (f", int8 dense kernels: parameters {manifest['params']['reduction']}x smaller"
@@ -24,7 +24,7 @@ def run_export(args) -> None:
     return
   if args.int8:
     raise FlaxbertError("--int8 applies to serving exports: add --serving")
-  from flaxbert.training.pretrain_run import export_bundle
+  from flaxbert.recipes.bert_pretrain import export_bundle
   export_bundle(args.source, args.out)
   print(f"wrote bundle {args.out}")
 

@@ -35,7 +35,7 @@ def add_common_arguments(p: argparse.ArgumentParser, train_help: str) -> None:
 
 
 def config_from_args(task: str, args, **extra):
-  from flaxbert.training.finetune_run import FinetuneConfig
+  from flaxbert.recipes.finetune import FinetuneConfig
   return FinetuneConfig(
       task=task, train=args.train, dev=args.dev, init=args.init, workdir=args.workdir,
       epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
@@ -49,7 +49,7 @@ def config_from_args(task: str, args, **extra):
 
 def run_and_report(cfg) -> None:
   import jax
-  from flaxbert.training.finetune_run import finetune
+  from flaxbert.recipes.finetune import finetune
   results = finetune(cfg)
   if jax.process_index() == 0:
     best = results["best"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def run(args) -> None:
   from flaxbert.commands.pretrain import parse_overrides
-  from flaxbert.training.seq2seq_run import Seq2SeqConfig, finetune_seq2seq
+  from flaxbert.recipes.seq2seq import Seq2SeqConfig, finetune_seq2seq
   cfg = Seq2SeqConfig(
       workdir=args.workdir, train=args.train, dev=args.dev, init=args.init, model=args.config,
       overrides=parse_overrides(args.set), vocab_size=args.vocab_size,

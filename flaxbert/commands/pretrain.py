@@ -34,7 +34,7 @@ def _init_distributed(args) -> None:
 
 
 def _pretrain_config(args):
-  from flaxbert.training.pretrain_run import PretrainConfig
+  from flaxbert.recipes.bert_pretrain import PretrainConfig
   return PretrainConfig(
       workdir=args.workdir, model=args.config, overrides=parse_overrides(args.set),
       corpus=tuple(args.corpus or ()), eval_corpus=tuple(args.eval_corpus or ()),
@@ -60,10 +60,10 @@ def run_pretrain(args) -> None:
     return
   _init_distributed(args)
   if args.model == "encdec":
-    from flaxbert.training.seq2seq_run import pretrain_encdec
+    from flaxbert.recipes.seq2seq import pretrain_encdec
     last = pretrain_encdec(cfg)
   else:
-    from flaxbert.training.pretrain_run import pretrain
+    from flaxbert.recipes.bert_pretrain import pretrain
     last = pretrain(cfg)
   import jax
   if jax.process_index() == 0:

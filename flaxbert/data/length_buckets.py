@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from flaxbert.data.sampling import shuffle_indices
+
 
 def record_lengths(builder, split: str, fields: tuple[str, ...]) -> np.ndarray:
   """int32 [records, len(fields)]: each stored record's length of each sequence field.
@@ -62,7 +64,6 @@ class BucketedGlobalBatches:
   def __init__(self, lengths: np.ndarray, max_lengths: tuple[int, ...], *, batch_size: int,
                seed: int, process_index: int, process_count: int, window: int = 32,
                multiple: int = 8):
-    from flaxbert.data.pipeline import shuffle_indices
     self._shuffle = shuffle_indices
     self.lengths = lengths
     self.num_records = len(lengths)

@@ -22,6 +22,8 @@ import threading
 
 import numpy as np
 
+from flaxbert.data.sampling import shuffle_indices
+
 OPEN_ROWS = 8   # rows first-fit may still add to; more fills rows tighter but reorders more
 
 
@@ -66,7 +68,6 @@ class PackedGlobalBatches:
 
   def __init__(self, lengths: np.ndarray, *, seq_length: int, batch_size: int, seed: int,
                process_index: int, process_count: int, max_per_row: int):
-    from flaxbert.data.pipeline import shuffle_indices
     self._shuffle = shuffle_indices
     self.lengths = np.asarray(lengths, np.int64)
     self.num_records = len(lengths)

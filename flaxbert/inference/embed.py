@@ -9,9 +9,9 @@ import numpy as np
 from flaxbert.errors import FlaxbertError
 from flaxbert.inference import bucketing
 from flaxbert.inference.text_input import read_text_lines
-from flaxbert.interop.bundle import Bundle
+from flaxbert.bundle import Bundle
 from flaxbert.models.heads import BertEncoder
-from flaxbert.training.progress import progress_bar
+from flaxbert.progress import progress_bar
 
 
 def encode_rows(tokenizer, rows, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -33,7 +33,7 @@ def encode_rows(tokenizer, rows, max_length: int) -> tuple[np.ndarray, np.ndarra
 
 def inference_config(config):
   """The config features are computed in: bfloat16 on GPU/TPU, float32 on CPU."""
-  from flaxbert.interop.serving import inference_dtype
+  from flaxbert.inference.serving import inference_dtype
   return config.replace(dtype=inference_dtype())
 
 

@@ -3,7 +3,7 @@
 Embeddings (token + learned position + segment, LayerNorm, dropout), a scanned stack of
 post-LN Transformer layers (fused QKV self-attention, exact-erf GELU feed-forward), and a tanh
 pooler on [CLS]. Parameters are float32 and carry logical axis names; activations are pinned
-with logical constraints at block boundaries, so one rules list (training/mesh.py) shards both.
+with logical constraints at block boundaries, so one rules list (flaxbert/sharding.py) shards both.
 Compute runs in `config.dtype`; LayerNorm statistics and softmax stay float32.
 """
 

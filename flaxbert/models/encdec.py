@@ -13,7 +13,7 @@ next index) so step t costs O(t) instead of recomputing the whole prefix.
 Layers are an unrolled Python loop rather than `nn.scan`: seq2seq stacks are shallow and the
 per-layer cache stays a plain tree that beam search can reorder row by row.
 Parameters carry logical axis names and go through bert.dense / bert.layer_norm, so the one
-rule list in training/mesh.py shards them as it shards BERT.
+rule list in flaxbert/sharding.py shards them as it shards BERT.
 """
 
 from __future__ import annotations

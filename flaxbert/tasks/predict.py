@@ -47,7 +47,7 @@ class Runner:
   (one compiled shape) sharded over the mesh's data axes."""
 
   def __init__(self, model, mesh, batch_size: int = 64, show_progress: bool = False):
-    from flaxbert.training import mesh as mesh_lib
+    from flaxbert import sharding as mesh_lib
     from flaxbert.training.finetune_step import make_predict_step
     dp = mesh_lib.data_parallel_size(mesh)
     self.batch_size = -(-batch_size // dp) * dp
@@ -57,7 +57,7 @@ class Runner:
     self.show_progress = show_progress
 
   def __call__(self, params, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from flaxbert.training.progress import progress_bar
+    from flaxbert.progress import progress_bar
     keys = ("input_ids", "segment_ids", "input_mask")
     n = len(arrays["input_ids"])
     outputs: dict[str, list] = {}
@@ -175,8 +175,8 @@ def predict_file(bundle_path: str, task: str, input_path: str, output_path: str,
                  batch_size: int = 64, mesh_spec: str | None = None, show_progress: bool = True,
                  **overrides) -> int:
   """Writes `output_path` for `input_path` with the fine-tuned bundle; returns rows done."""
-  from flaxbert.interop import bundle as bundle_lib
-  from flaxbert.training import mesh as mesh_lib
+  from flaxbert import bundle as bundle_lib
+  from flaxbert import sharding as mesh_lib
   if task not in PREDICTORS:
     raise FlaxbertError(f"unknown task {task!r} (known: {', '.join(PREDICTORS)})")
   out_dir = os.path.dirname(os.path.abspath(output_path))

@@ -78,8 +78,8 @@ def predict_file(bundle_path: str, input_path: str, output_path: str, *, beam: i
                  alpha: float = 0.6, max_source_length: int = 128, max_length: int = 128,
                  batch_size: int = 64) -> int:
   """Translates each line of `input_path` into a line of `output_path`; returns the count."""
-  from flaxbert.interop import encdec_bundle
-  bundle = encdec_bundle.load(bundle_path)
+  from flaxbert import bundle as bundle_lib
+  bundle = bundle_lib.load_encdec_bundle(bundle_path)
   texts = read_sources(input_path)
   outputs, _ = translate(bundle.model, bundle.params, bundle.tokenizer, texts,
                          max_source_length=max_source_length, max_length=max_length,

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.models.factory import build_model, dummy_inputs, param_count
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 from flaxbert.training import optim
 from flaxbert.training.metrics import flops_per_token
 from flaxbert.training.state import abstract_state
@@ -45,7 +45,7 @@ def compile_for_topology(cfg, topology: str, chip_config: str = "megacore",
 def compile_report(cfg, devices) -> dict:
   """Compiles the train step of `cfg` over `devices` (real or from a topology description)
   without running it: per-chip memory and FLOPs per step."""
-  from flaxbert.training.pretrain_run import model_config
+  from flaxbert.recipes.bert_pretrain import model_config
   mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
   dp = mesh_lib.data_parallel_size(mesh)
   if cfg.batch_size % (dp * cfg.accum_steps):

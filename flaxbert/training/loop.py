@@ -23,10 +23,10 @@ import jax
 import numpy as np
 
 from flaxbert.errors import FlaxbertError
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 from flaxbert.training.checkpoint import RunCheckpoints
 from flaxbert.training.metrics import MetricsWriter, device_peak_flops
-from flaxbert.training.progress import progress_bar
+from flaxbert.progress import progress_bar
 from flaxbert.training.state import abstract_state, create_train_state
 
 log = logging.getLogger("flaxbert")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxbert.models.encdec import shift_right
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 from flaxbert.training.state import TrainState
 
 

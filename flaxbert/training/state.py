@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 
 
 @flax.struct.dataclass

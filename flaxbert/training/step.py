@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 from flaxbert.training.state import TrainState
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")

@@ -10,7 +10,8 @@ import numpy as np
 
 from flaxbert.models.config import BertConfig
 from flaxbert.models.factory import build_model, dummy_inputs
-from flaxbert.training import mesh as mesh_lib, optim
+from flaxbert import sharding as mesh_lib
+from flaxbert.training import optim
 from flaxbert.training.state import create_train_state
 from flaxbert.training.step import make_train_step
 

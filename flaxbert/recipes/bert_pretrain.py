@@ -23,7 +23,7 @@ from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models.config import BertConfig, get_config
 from flaxbert.models.factory import build_model, dummy_inputs
 from flaxbert.training import loop, optim
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 from flaxbert.training.metrics import flops_per_token
 from flaxbert.training.state import host_params
 from flaxbert.training.step import make_eval_step, make_train_step, summarise
@@ -226,13 +226,12 @@ def _write_run_config(cfg: PretrainConfig, config: BertConfig) -> None:
 def export_bundle(workdir: str, out: str, params=None) -> str:
   """Writes the bundle of a run's latest checkpoint (or of `params`) to `out`."""
   from flaxbert.data.tokenizer import load_tokenizer
-  from flaxbert.interop import bundle as bundle_lib
+  from flaxbert import bundle as bundle_lib
   run = read_json(os.path.join(workdir, RUN_CONFIG))
   # Encoder-decoder runs (span-corruption pretraining, seq2seq fine-tuning) write a
   # model_config of EncDecConfig fields.
   encdec = "num_encoder_layers" in run.get("model_config", {})
   if encdec:
-    from flaxbert.interop import encdec_bundle
     from flaxbert.models.encdec import EncDecModel
     from flaxbert.models.encdec_config import EncDecConfig
     config = EncDecConfig.from_dict(run["model_config"])
@@ -248,8 +247,8 @@ def export_bundle(workdir: str, out: str, params=None) -> str:
       os.path.join(workdir, "bundle")):
     shutil.rmtree(out)  # the run's own final bundle is regenerated, never a user's directory
   if encdec:
-    encdec_bundle.save(out, bundle_lib.Bundle(model, params, tokenizer, config,
-                                              encdec_bundle.HEAD))
+    bundle_lib.save(out, bundle_lib.Bundle(model, params, tokenizer, config,
+                                              "seq2seq"))
   else:
     bundle_lib.save(out, bundle_lib.Bundle(model, params, tokenizer, config, "pretraining"))
   return out

@@ -30,9 +30,9 @@ from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models import encdec
 from flaxbert.models.encdec_config import EncDecConfig, get_config
 from flaxbert.training import loop, optim
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 from flaxbert.training import seq2seq_step
-from flaxbert.training.pretrain_run import PretrainConfig, prepare_text
+from flaxbert.recipes.bert_pretrain import PretrainConfig, prepare_text
 from flaxbert.training.state import host_params
 
 log = logging.getLogger("flaxbert")
@@ -140,15 +140,14 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
   """Trains (or resumes) on source<TAB>target pairs; returns the last metrics."""
   from flaxbert.data.pipeline import finetune_data
   from flaxbert.data.tokenizer import load_tokenizer
-  from flaxbert.interop import bundle as bundle_lib
-  from flaxbert.interop import encdec_bundle
+  from flaxbert import bundle as bundle_lib
   from flaxbert.tasks.seq2seq import translate, write_lines
   os.makedirs(cfg.workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   _check(cfg, mesh)
   tokenizer_dir = _tokenizer_dir(cfg)
   tokenizer = load_tokenizer(tokenizer_dir)
-  init = encdec_bundle.load(cfg.init) if cfg.init else None
+  init = bundle_lib.load_encdec_bundle(cfg.init) if cfg.init else None
   if init is not None:
     config = init.config.replace(**dict(cfg.overrides))
   else:
@@ -206,7 +205,7 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
       metrics.update(decode_dev(host, cfg.beam_size, step))
     if metrics["dev_bleu_greedy"] > best["bleu"] and jax.process_index() == 0:
       best["bleu"] = metrics["dev_bleu_greedy"]
-      encdec_bundle.replace(best_path, bundle_lib.Bundle(model, host, tokenizer, config,
+      bundle_lib.replace(best_path, bundle_lib.Bundle(model, host, tokenizer, config,
                                                          "seq2seq"),
                             extra={"dev_bleu": best["bleu"], "step": step})
     return metrics
@@ -224,7 +223,7 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
                     initial_params=init.params if init is not None else None)
   params = host_params(result.state.params)
   if jax.process_index() == 0:
-    encdec_bundle.replace(os.path.join(cfg.workdir, "bundle"),
+    bundle_lib.replace(os.path.join(cfg.workdir, "bundle"),
                           bundle_lib.Bundle(model, params, tokenizer, config, "seq2seq"))
   return dict(result.last_metrics)
 
@@ -237,8 +236,7 @@ def pretrain_encdec(cfg: PretrainConfig) -> dict:
   `seq_len` tokens; `cfg.model` names an encoder-decoder preset."""
   from flaxbert.data import span_corruption
   from flaxbert.data.tokenizer import load_tokenizer
-  from flaxbert.interop import bundle as bundle_lib
-  from flaxbert.interop import encdec_bundle
+  from flaxbert import bundle as bundle_lib
   if cfg.accum_steps != 1 or cfg.whole_word or cfg.max_predictions or cfg.pack:
     raise FlaxbertError("--accum-steps, --whole-word, --max-predictions and --pack are "
                         "BERT-only")
@@ -291,6 +289,6 @@ def pretrain_encdec(cfg: PretrainConfig) -> dict:
                     data=batches(train_files, cfg.seed), evaluate=evaluate)
   params = host_params(result.state.params)
   if jax.process_index() == 0:
-    encdec_bundle.replace(os.path.join(cfg.workdir, "bundle"),
+    bundle_lib.replace(os.path.join(cfg.workdir, "bundle"),
                           bundle_lib.Bundle(model, params, tokenizer, config, "seq2seq"))
   return dict(result.last_metrics)

@@ -27,7 +27,7 @@ from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models.factory import dummy_inputs
 from flaxbert.tasks import classify, ner, predict as predict_lib, squad
 from flaxbert.training import loop, optim
-from flaxbert.training import mesh as mesh_lib
+from flaxbert import sharding as mesh_lib
 from flaxbert.training.finetune_step import make_train_step
 from flaxbert.training.state import host_params
 
@@ -215,7 +215,7 @@ class _TrainBatches:
 def finetune(cfg: FinetuneConfig) -> dict:
   """Runs (or resumes) a fine-tune; returns results.json's content."""
   from flaxbert.data.pipeline import finetune_data
-  from flaxbert.interop import bundle as bundle_lib
+  from flaxbert import bundle as bundle_lib
   os.makedirs(cfg.workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   _check(cfg, mesh)
@@ -331,7 +331,7 @@ def _baseline(cfg: FinetuneConfig, dev, train_labels) -> dict:
 
 
 def _save_bundle(out: str, bundle, params, settings) -> None:
-  from flaxbert.interop import bundle as bundle_lib
+  from flaxbert import bundle as bundle_lib
   shutil.rmtree(out, ignore_errors=True)   # the run's own directories, regenerated
   bundle_lib.save(out, bundle_lib.Bundle(bundle.model, jax.tree.map(np.asarray, params),
                                          bundle.tokenizer, bundle.config, bundle.head,

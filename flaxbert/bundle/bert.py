@@ -1,0 +1,118 @@
+"""BERT bundles: the one unit every flaxbert command reads and writes.
+
+    BUNDLE/config.json   {"format": "flaxbert-bundle", "model": "bert", "config": {...},
+                          "head": "...", "num_labels": N, "labels": [...]}
+    BUNDLE/tokenizer/    the tokenizer directory (spm.model or vocab.txt + its config)
+    BUNDLE/params/       an Orbax checkpoint of the parameter tree
+
+`load_bert` also accepts an HF BERT checkpoint directory and imports it on the fly, so every
+command that takes a bundle takes an HF model too. `flaxbert.bundle.load` dispatches here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+from flaxbert.bundle import hf
+from flaxbert.bundle.store import (FORMAT, FORMAT_VERSION, Bundle, new_directory,
+                                   restore_params, save_params)
+from flaxbert.data.tokenizer import Tokenizer, load_tokenizer
+from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import read_json, write_json
+from flaxbert.models.config import BertConfig
+from flaxbert.models.factory import build_model, init_params
+
+log = logging.getLogger("flaxbert")
+
+MODEL = "bert"
+
+
+def write_bert(directory: str, bundle: Bundle) -> None:
+  """Fills `directory` (new, empty) with the bundle's files."""
+  bundle.tokenizer.save(os.path.join(directory, "tokenizer"))
+  save_params(os.path.join(directory, "params"), bundle.params)
+  write_json(os.path.join(directory, "config.json"), {
+      "format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL,
+      "config": bundle.config.to_dict(), "head": bundle.head,
+      "num_labels": getattr(bundle.model, "num_labels", None), "labels": bundle.labels})
+
+
+def load_bert(path: str, meta: dict, *, head: str | None = None, num_labels: int | None = None,
+              labels: list[str] | None = None, seed: int = 0) -> Bundle:
+  """Loads a bundle or an HF BERT directory, optionally re-headed.
+
+  With `head` different from the stored one (say a pretrained bundle loaded for
+  classification), the encoder weights are kept and the new head is freshly initialised,
+  with one log line naming what was initialised.
+  """
+  config_path = os.path.join(path, "config.json")
+  if meta.get("format") == FORMAT:
+    bundle = _load_bundle(path, meta)
+  elif "model_type" in meta:
+    bundle = import_hf(path)
+  else:
+    raise FlaxbertError(f"{config_path}: neither a flaxbert bundle nor an HF BERT config")
+  if head is not None and (head != bundle.head or (num_labels and num_labels != getattr(
+      bundle.model, "num_labels", None))):
+    bundle = rehead(bundle, head, num_labels, labels, seed)
+  return bundle
+
+
+def _load_bundle(path: str, meta: dict) -> Bundle:
+  config = BertConfig.from_dict(meta.get("config") or {})
+  head = meta.get("head", "encoder")
+  model = build_model(config, head, meta.get("num_labels"))
+  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  params = restore_params(os.path.join(path, "params"), abstract)
+  tokenizer = load_tokenizer(os.path.join(path, "tokenizer"))
+  _check_vocab(config, tokenizer, path)
+  return Bundle(model, params, tokenizer, config, head, meta.get("labels"))
+
+
+def import_hf(directory: str, seed: int = 0) -> Bundle:
+  """An HF BERT checkpoint directory as a Bundle; heads it lacks are initialised fresh."""
+  hf_config = read_json(os.path.join(directory, "config.json"))
+  config = BertConfig.from_hf(hf_config)
+  sd, source = hf.read_state_dict(directory)
+  head = hf.head_of_hf_checkpoint(hf_config, sd)
+  labels = hf.hf_labels(hf_config, sd)
+  model = build_model(config, head, len(labels) if labels else None)
+  fresh = init_params(model, jax.random.key(seed))
+  params, missing = hf.params_from_hf(sd, config, head, jax.tree.map(np.asarray, fresh), source)
+  if missing:
+    log.warning("flaxbert: %s has no %s head weights; initialised fresh: %s", source, head,
+                ", ".join(missing))
+  tokenizer = load_tokenizer(directory)
+  _check_vocab(config, tokenizer, directory)
+  return Bundle(model, params, tokenizer, config, head, labels)
+
+
+def rehead(bundle: Bundle, head: str, num_labels: int | None, labels: list[str] | None,
+           seed: int = 0) -> Bundle:
+  model = build_model(bundle.config, head, num_labels)
+  params = dict(init_params(model, jax.random.key(seed)))
+  params["bert"] = bundle.params["bert"]
+  fresh = sorted(k for k in params if k != "bert")
+  if fresh:
+    log.warning("flaxbert: new %s head initialised fresh: %s", head, ", ".join(fresh))
+  return Bundle(model, params, bundle.tokenizer, bundle.config, head, labels)
+
+
+def _check_vocab(config: BertConfig, tokenizer: Tokenizer, source: str) -> None:
+  if tokenizer.vocab_size > config.vocab_size:
+    raise FlaxbertError(f"{source}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                        f"vocab_size is {config.vocab_size}")
+
+
+def export_hf(bundle: Bundle, directory: str) -> None:
+  """Writes the bundle as an HF BERT checkpoint directory (config, safetensors, tokenizer)."""
+  with new_directory(directory) as tmp:
+    hf.write_hf_checkpoint(tmp, bundle.params, bundle.config, bundle.head, bundle.labels)
+    bundle.tokenizer.save(tmp)
+  if bundle.tokenizer.kind != "wordpiece":
+    log.warning("flaxbert: the tokenizer is %s; transformers' BertTokenizer cannot read it, "
+                "load %s/spm.model with sentencepiece", bundle.tokenizer.kind, directory)
