@@ -31,7 +31,7 @@ import numpy as np
 from flaxbert.models.config import PRESETS
 from flaxbert.models.factory import build_model, dummy_inputs, param_count
 from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim
+from flaxbert.training import objectives, optim
 from flaxbert.training.metrics import device_peak_flops, flops_per_token
 from flaxbert.training.state import create_train_state
 from flaxbert.training.step import make_train_step
@@ -83,7 +83,8 @@ def measure(name, seq, batch, steps, dtype, mesh_spec, overrides, corpus=None, p
   mesh = mesh_lib.make_mesh(mesh_spec)
   dummy = dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32))
   state, shardings = create_train_state(model, tx, mesh, 0, dummy)
-  step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt)),
+  step = jax.jit(make_train_step(objectives.pretraining(model), tx,
+                                 optim.learning_rate_schedule(opt)),
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
   rng = np.random.default_rng(0)

@@ -11,7 +11,8 @@ import logging
 import os
 import sys
 
-from flaxbert.errors import FlaxbertError
+from flaxbert import multihost
+from flaxbert.errors import FlaxbertError, os_error_line
 
 EXIT_USER_ERROR = 2
 
@@ -43,12 +44,25 @@ def main(argv: list[str] | None = None) -> int:
   try:
     args.func(args)
   except FlaxbertError as e:
-    print(f"flaxbert: error: {e}", file=sys.stderr)
-    return EXIT_USER_ERROR
+    return _fail(str(e))
+  except OSError as e:   # a full disk, a read-only or unreadable path: say which
+    return _fail(os_error_line(e, getattr(e, "filename", None) or "."))
   except KeyboardInterrupt:
     print("flaxbert: interrupted", file=sys.stderr)
     return 130
+  except BaseException as e:
+    if not isinstance(e, SystemExit):   # a bug: the other processes stop too, this one
+      multihost.fail(f"{type(e).__name__}: {e}")   # keeps its traceback
+    raise
   return 0
+
+
+def _fail(message: str) -> int:
+  print(f"flaxbert: error: {message}", file=sys.stderr, flush=True)
+  if multihost.is_multiprocess():
+    multihost.fail(message)
+    multihost.exit_failed(EXIT_USER_ERROR)
+  return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -9,3 +9,10 @@ mistakes. Anything else escaping is a bug in flaxbert and keeps its traceback.
 
 class FlaxbertError(Exception):
   """A user-facing error: the message alone must say what is wrong and where."""
+
+
+def os_error_line(error: "OSError | str", path: str) -> str:
+  """`PATH: reason` for an operating-system failure (full disk, read-only, permissions)."""
+  if isinstance(error, OSError):
+    return f"{error.filename or path}: {error.strerror or error}"
+  return f"{path}: {error}"

@@ -10,7 +10,8 @@ from flaxbert.models import decoding
 from flaxbert.models.encdec import EncDecModel, dummy_inputs
 from flaxbert.models.encdec_config import get_config
 from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim, seq2seq_step
+from flaxbert.training import objectives, optim
+from flaxbert.training.step import make_train_step
 from flaxbert.training.state import create_train_state
 
 PAD, START, EOS, FIRST, VOCAB = 0, 2, 3, 4, 16
@@ -41,8 +42,8 @@ def reverser():
   tx = optim.make_optimizer(opt)
   mesh = mesh_lib.make_mesh(None)
   state, _ = create_train_state(model, tx, mesh, 0, dummy_inputs())
-  step = jax.jit(seq2seq_step.make_train_step(model, tx, optim.learning_rate_schedule(opt),
-                                              label_smoothing=0.0))
+  step = jax.jit(make_train_step(objectives.seq2seq(model, 0.0), tx,
+                                 optim.learning_rate_schedule(opt)))
   rng = np.random.default_rng(0)
   with jax.set_mesh(mesh):
     for _ in range(steps):

@@ -10,6 +10,7 @@ from flaxbert.data.pretraining import Masker
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.models.config import BertConfig
 from flaxbert.models.factory import build_model, init_params
+from flaxbert.training import objectives
 from flaxbert.training.step import make_eval_step
 from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
@@ -122,7 +123,7 @@ def test_packed_row_equals_its_examples_alone(spm_dir):
     np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_allclose(np.asarray(out["nsp_logits"])[r, :len(members)],
                                np.asarray(alone["nsp_logits"])[members], atol=2e-5)
-  eval_step = jax.jit(make_eval_step(model))
+  eval_step = jax.jit(make_eval_step(objectives.pretraining(model)))
   a = eval_step(params, {k: jnp.asarray(v) for k, v in examples.items()})
   p = eval_step(params, {k: jnp.asarray(v) for k, v in packed.items()})
   for key in a:

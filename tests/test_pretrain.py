@@ -76,7 +76,7 @@ def test_gradient_accumulation_equals_the_large_batch():
   from flaxbert.models.config import BertConfig
   from flaxbert.models.factory import build_model, dummy_inputs
   from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim
+  from flaxbert.training import objectives, optim
   from flaxbert.training.state import create_train_state
   from flaxbert.training.step import make_train_step
   config = BertConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=2,
@@ -90,7 +90,8 @@ from flaxbert.training import optim
   runs = {}
   for k in (1, 4):
     state, _ = create_train_state(model, tx, mesh, 0, dummy)
-    step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt), k))
+    step = jax.jit(make_train_step(objectives.pretraining(model), tx,
+                                   optim.learning_rate_schedule(opt), k))
     with jax.set_mesh(mesh):
       out = []
       for batch in batches(4):
@@ -148,10 +149,18 @@ def test_corrupt_latest_checkpoint_is_skipped(corpus_and_tokenizer, tmp_path):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
+  damaged = {name: os.path.getsize(os.path.join(root, name))
+             for root, _, files in os.walk(workdir / "checkpoints" / "8") for name in files}
   rc, _, err = run_cli(*launcher_args(workdir, corpus_and_tokenizer, 8, "--sync-checkpoints"))
   assert rc == 0, err
-  assert "checkpoint 8 is unreadable" in err and "resuming from step 4" in err
+  assert "checkpoint 8 is unreadable" in err and "moved aside" in err
+  assert "resuming from step 4" in err
   assert losses(workdir) == want
+  # Never deleted: the damaged checkpoint is kept, byte for byte, beside the new step 8.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "8", "unreadable-8"]
+  assert {name: os.path.getsize(os.path.join(root, name))
+          for root, _, files in os.walk(workdir / "checkpoints" / "unreadable-8")
+          for name in files} == damaged
 
 
 def test_two_processes_match_one(corpus_and_tokenizer, tmp_path):
@@ -213,7 +222,7 @@ def test_export_and_bad_settings(corpus_and_tokenizer, tmp_path):
 
 def test_ahead_of_time_compile_report():
   from flaxbert.errors import FlaxbertError
-  from flaxbert.training import aot
+  from flaxbert.recipes import pretrain_aot as aot
   from flaxbert.recipes.bert_pretrain import PretrainConfig
   cfg = PretrainConfig(workdir="unused", model="tiny", vocab_size=1000, batch_size=8,
                        seq_len=64, steps=10)
@@ -258,7 +267,7 @@ def test_bfloat16_and_float32_losses_agree_over_100_steps():
   from flaxbert.models.config import BertConfig
   from flaxbert.models.factory import build_model, dummy_inputs
   from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim
+  from flaxbert.training import objectives, optim
   from flaxbert.training.state import create_train_state
   from flaxbert.training.step import make_train_step
   mesh = mesh_lib.make_mesh(None)
@@ -271,7 +280,8 @@ from flaxbert.training import optim
                         intermediate_size=128, max_position_embeddings=32, dtype=dtype)
     model = build_model(config, "pretraining")
     state, _ = create_train_state(model, tx, mesh, 0, dummy)
-    step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt)),
+    step = jax.jit(make_train_step(objectives.pretraining(model), tx,
+                                 optim.learning_rate_schedule(opt)),
                    donate_argnums=0)
     out = []
     with jax.set_mesh(mesh):

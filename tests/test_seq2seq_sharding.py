@@ -16,14 +16,16 @@ def _losses(spec, steps=6):
   from flaxbert.models.encdec import EncDecModel, dummy_inputs
   from flaxbert.models.encdec_config import get_config
   from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim, seq2seq_step
+  from flaxbert.training import objectives, optim
+  from flaxbert.training.step import make_train_step
   from flaxbert.training.state import create_train_state
   model = EncDecModel(get_config("tiny", vocab_size=128, hidden_dropout=0.0))
   opt = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=steps)
   tx = optim.make_optimizer(opt)
   mesh = mesh_lib.make_mesh(spec, devices=jax.devices()[:1] if spec is None else None)
   state, shardings = create_train_state(model, tx, mesh, 0, dummy_inputs())
-  step = jax.jit(seq2seq_step.make_train_step(model, tx, optim.learning_rate_schedule(opt)),
+  step = jax.jit(make_train_step(objectives.seq2seq(model, 0.1), tx,
+                                 optim.learning_rate_schedule(opt)),
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
   rng = np.random.default_rng(0)

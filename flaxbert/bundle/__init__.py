@@ -16,7 +16,7 @@ from flaxbert.bundle.encdec import load_encdec, write_encdec
 from flaxbert.bundle.store import (FORMAT, FORMAT_VERSION, Bundle, new_directory,
                                    replacing_directory, restore_params, save_params)
 from flaxbert.errors import FlaxbertError
-from flaxbert.jsonfile import read_json
+from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models.encdec_config import EncDecConfig
 
 
@@ -24,11 +24,14 @@ def model_kind(bundle: Bundle) -> str:
   return "encdec" if isinstance(bundle.config, EncDecConfig) else "bert"
 
 
-def _write(directory: str, bundle: Bundle, extra: dict | None) -> None:
+def _write(directory: str, bundle: Bundle, extra: dict | None,
+           files: dict[str, dict] | None = None) -> None:
   if model_kind(bundle) == "encdec":
     write_encdec(directory, bundle, extra)
   else:
     write_bert(directory, bundle)
+  for name, content in (files or {}).items():   # e.g. the task settings predict reads
+    write_json(os.path.join(directory, name), content)
 
 
 def save(directory: str, bundle: Bundle, extra: dict | None = None) -> None:
@@ -37,11 +40,12 @@ def save(directory: str, bundle: Bundle, extra: dict | None = None) -> None:
     _write(tmp, bundle, extra)
 
 
-def replace(directory: str, bundle: Bundle, extra: dict | None = None) -> None:
+def replace(directory: str, bundle: Bundle, extra: dict | None = None,
+            files: dict[str, dict] | None = None) -> None:
   """Writes the bundle to `directory`, replacing what is there only once the new one is whole
-  (a run's `best/` and `bundle/`)."""
+  (a run's `best/` and `bundle/`); `files` are more JSON files to put in it."""
   with replacing_directory(directory) as tmp:
-    _write(tmp, bundle, extra)
+    _write(tmp, bundle, extra, files)
 
 
 def load(path: str, *, head: str | None = None, num_labels: int | None = None,

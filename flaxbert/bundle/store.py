@@ -12,7 +12,9 @@ exist or be empty.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import os
 import shutil
 import tempfile
@@ -49,7 +51,11 @@ def _sibling(directory: str, tag: str) -> str:
   """A new, unique, empty directory beside `directory` (never one a user made)."""
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  return tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.{tag}-", dir=parent)
+  path = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.{tag}-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o777 & ~umask)   # mkdtemp's 0700 would make the output private
+  return path
 
 
 @contextlib.contextmanager
@@ -70,26 +76,68 @@ def new_directory(directory: str):
     raise
 
 
+_RENAME_EXCHANGE = 2   # renameat2 flag: swap two paths in one atomic step (Linux)
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Atomically swaps the directories at `a` and `b`; False where the system cannot."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                        ctypes.c_uint)
+  if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    return True
+  error = ctypes.get_errno()
+  if error in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+    return False   # a file system without the flag: fall back to two renames
+  raise OSError(error, os.strerror(error), b)
+
+
 @contextlib.contextmanager
 def replacing_directory(directory: str):
-  """Yields a unique temporary sibling to fill; then the old `directory` (if any) is moved
-  aside, the new one renamed into place, and only then the old one removed. For the
+  """Yields a unique temporary sibling to fill; then swaps it with `directory` in one atomic
+  step (renameat2 RENAME_EXCHANGE) and removes the old one last. Where the system cannot
+  swap, the old directory is renamed aside first and the new one into place, and
+  `recover_replaced` puts the old one back if a kill fell between the two renames. For the
   directories a run owns and rewrites (`best/`, `bundle/`)."""
   directory = os.path.abspath(directory)
+  recover_replaced(directory)
   tmp = _sibling(directory, "new")
   try:
     yield tmp
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  old = None
-  if os.path.lexists(directory):
-    old = _sibling(directory, "old")
-    os.rmdir(old)
-    os.replace(directory, old)
+  if not os.path.lexists(directory):
+    os.replace(tmp, directory)
+    return
+  if _exchange(tmp, directory):
+    shutil.rmtree(tmp, ignore_errors=True)   # now holds the old directory
+    return
+  old = _sibling(directory, "old")
+  os.rmdir(old)
+  os.replace(directory, old)
   os.replace(tmp, directory)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_replaced(directory: str) -> None:
+  """If a replacement was killed between its two renames (no `directory`, its old version
+  beside it), renames the old version back."""
+  directory = os.path.abspath(directory)
+  if os.path.lexists(directory):
+    return
+  parent, name = os.path.split(directory)
+  if not os.path.isdir(parent):
+    return
+  olds = sorted((n for n in os.listdir(parent) if n.startswith(f".{name}.old-")),
+                key=lambda n: os.path.getmtime(os.path.join(parent, n)))
+  if olds:
+    os.replace(os.path.join(parent, olds[-1]), directory)
 
 
 def _this_process_only():

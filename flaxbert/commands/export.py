@@ -24,8 +24,8 @@ def run_export(args) -> None:
     return
   if args.int8:
     raise FlaxbertError("--int8 applies to serving exports: add --serving")
-  from flaxbert.recipes.bert_pretrain import export_bundle
-  export_bundle(args.source, args.out)
+  from flaxbert.training.run import export_workdir
+  export_workdir(args.source, args.out)
   print(f"wrote bundle {args.out}")
 
 

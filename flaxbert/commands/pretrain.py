@@ -24,13 +24,10 @@ def parse_overrides(pairs: list[str]) -> tuple:
 
 
 def _init_distributed(args) -> None:
-  import jax
-  if args.coordinator:
-    if args.num_processes is None or args.process_id is None:
-      raise FlaxbertError("--coordinator needs --num-processes and --process-id")
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  elif args.distributed:
-    jax.distributed.initialize()  # TPU pods and SLURM/Open MPI clusters: detected
+  from flaxbert import multihost
+  # TPU pods and SLURM/Open MPI clusters are detected with --distributed.
+  multihost.initialize(args.coordinator, args.num_processes, args.process_id,
+                       detect=args.distributed)
 
 
 def _pretrain_config(args):
@@ -52,7 +49,7 @@ def _pretrain_config(args):
 def run_pretrain(args) -> None:
   cfg = _pretrain_config(args)
   if args.aot_topology:
-    from flaxbert.training.aot import compile_for_topology
+    from flaxbert.recipes.pretrain_aot import compile_for_topology
     report = compile_for_topology(cfg, args.aot_topology, chip_config=args.aot_chip_config,
                                   num_slices=args.aot_slices)
     import json
@@ -60,7 +57,7 @@ def run_pretrain(args) -> None:
     return
   _init_distributed(args)
   if args.model == "encdec":
-    from flaxbert.recipes.seq2seq import pretrain_encdec
+    from flaxbert.recipes.encdec_pretrain import pretrain_encdec
     last = pretrain_encdec(cfg)
   else:
     from flaxbert.recipes.bert_pretrain import pretrain

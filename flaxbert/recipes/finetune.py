@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import shutil
 
 import jax
 import numpy as np
@@ -28,7 +27,8 @@ from flaxbert.models.factory import dummy_inputs
 from flaxbert.tasks import classify, ner, predict as predict_lib, squad
 from flaxbert.training import loop, optim
 from flaxbert import sharding as mesh_lib
-from flaxbert.training.finetune_step import make_train_step
+from flaxbert.training import objectives
+from flaxbert.training.step import make_train_step
 from flaxbert.training.state import host_params
 
 log = logging.getLogger("flaxbert")
@@ -290,7 +290,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
       progress=cfg.progress, desc=f"finetune {cfg.task}", seed=cfg.seed,
       tokens_per_step=cfg.batch_size * cfg.max_seq_length)
   result = loop.run(loop_cfg, model=model, tx=tx, mesh=mesh, dummy_inputs=dummy_inputs(),
-                    train_step=make_train_step(model, tx, cfg.head,
+                    train_step=make_train_step(objectives.finetuning(model, cfg.head), tx,
                                                optim.learning_rate_schedule(opt_cfg)),
                     data=train_batches, evaluate=evaluate, initial_params=bundle.params)
   host = host_params(result.state.params)
@@ -332,8 +332,8 @@ def _baseline(cfg: FinetuneConfig, dev, train_labels) -> dict:
 
 def _save_bundle(out: str, bundle, params, settings) -> None:
   from flaxbert import bundle as bundle_lib
-  shutil.rmtree(out, ignore_errors=True)   # the run's own directories, regenerated
-  bundle_lib.save(out, bundle_lib.Bundle(bundle.model, jax.tree.map(np.asarray, params),
-                                         bundle.tokenizer, bundle.config, bundle.head,
-                                         bundle.labels))
-  write_json(os.path.join(out, predict_lib.SETTINGS_FILE), dataclasses.asdict(settings))
+  with bundle_lib.replacing_directory(out) as tmp:   # the old one goes only once this is whole
+    bundle_lib.save(tmp, bundle_lib.Bundle(bundle.model, jax.tree.map(np.asarray, params),
+                                           bundle.tokenizer, bundle.config, bundle.head,
+                                           bundle.labels))
+    write_json(os.path.join(tmp, predict_lib.SETTINGS_FILE), dataclasses.asdict(settings))

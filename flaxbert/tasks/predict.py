@@ -48,7 +48,7 @@ class Runner:
 
   def __init__(self, model, mesh, batch_size: int = 64, show_progress: bool = False):
     from flaxbert import sharding as mesh_lib
-    from flaxbert.training.finetune_step import make_predict_step
+    from flaxbert.training.step import make_predict_step
     dp = mesh_lib.data_parallel_size(mesh)
     self.batch_size = -(-batch_size // dp) * dp
     self.mesh = mesh

@@ -175,6 +175,9 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
                 "same command to resume.", flush=True)
           raise SystemExit(EXIT_SIGTERM)
     checkpoints.close()
+  except BaseException:
+    checkpoints.abandon()   # stops Orbax's background threads; a failure is already raised
+    raise
   finally:
     sigterm.restore()
     writer.close()

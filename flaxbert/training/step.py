@@ -1,12 +1,15 @@
-"""The pure pretraining step: MLM + NSP losses, gradient accumulation, one optimizer update.
+"""One generic pure train step with the loss plugged in (as nanodo's get_loss_fn).
 
-Losses are normalised by the *global* batch's totals (masked-token weight for MLM, example
-count for NSP) computed before the microbatch loop, so accumulating k microbatches gives the
-same loss and gradient as one step on the k-times batch. Losses and softmax run in float32.
+An `Objective` says how a model turns a batch into loss *sums* (training/losses.py), which
+global totals normalise them, and which metrics the sums give. The step computes the totals on
+the whole batch before its microbatch loop, so accumulating k microbatches gives the same loss
+and gradient as one step on the k-times batch, for every recipe alike. The dropout key of a
+step is derived from the stored key and the step, so a resumed run repeats nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.linen as nn
@@ -14,51 +17,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxbert import sharding as mesh_lib
+from flaxbert import sharding
 from flaxbert.training.state import TrainState
 
-MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
-PACKED_INPUTS = ("position_ids", "nsp_positions")   # packed rows only (data/packing.py)
-SUM_KEYS = ("mlm_loss", "mlm_hits", "mlm_weight", "nsp_loss", "nsp_hits", "nsp_weight")
 
-
-def model_inputs(batch):
-  return {k: batch[k] for k in MODEL_INPUTS + PACKED_INPUTS if k in batch}
-
-
-def nsp_weights(batch):
-  """Per-NSP-prediction weight: packed rows' filled slots, or each example's weight."""
-  if "nsp_weights" in batch:
-    return batch["nsp_weights"].astype(jnp.float32)
-  return batch.get("example_weight", jnp.ones(batch["nsp_label"].shape, jnp.float32)
-                   ).astype(jnp.float32)
-
-
-def cross_entropy_sums(logits, labels, weights):
-  """(sum of weighted NLL, sum of weighted correct) in float32."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return jnp.sum(nll * weights), jnp.sum(correct * weights)
-
-
-def pretraining_sums(outputs, batch):
-  """Per-batch sums of MLM and NSP losses and hits, and their weights."""
-  mlm_w = batch["masked_weights"].astype(jnp.float32)
-  nsp_w = nsp_weights(batch)
-  mlm_loss, mlm_hits = cross_entropy_sums(outputs["mlm_logits"], batch["masked_ids"], mlm_w)
-  nsp_loss, nsp_hits = cross_entropy_sums(outputs["nsp_logits"], batch["nsp_label"], nsp_w)
-  return {"mlm_loss": mlm_loss, "mlm_hits": mlm_hits, "mlm_weight": jnp.sum(mlm_w),
-          "nsp_loss": nsp_loss, "nsp_hits": nsp_hits, "nsp_weight": jnp.sum(nsp_w)}
-
-
-def summarise(sums):
-  mlm_w = jnp.maximum(sums["mlm_weight"], 1.0)
-  nsp_w = jnp.maximum(sums["nsp_weight"], 1.0)
-  mlm_loss, nsp_loss = sums["mlm_loss"] / mlm_w, sums["nsp_loss"] / nsp_w
-  return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss,
-          "mlm_accuracy": sums["mlm_hits"] / mlm_w, "nsp_loss": nsp_loss,
-          "nsp_accuracy": sums["nsp_hits"] / nsp_w}
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  # (params, batch, dropout key or None for deterministic) -> dict of float32 sums
+  sums: Callable
+  # batch -> dict of global normalisers, computed on the whole (global) batch
+  totals: Callable
+  # (sums, totals) -> the scalar loss to differentiate
+  loss: Callable
+  # sums (added over microbatches or evaluation batches) -> metrics
+  summarise: Callable
 
 
 def _split_microbatches(batch, k: int):
@@ -68,51 +40,60 @@ def _split_microbatches(batch, k: int):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+def make_train_step(objective: Objective, tx: optax.GradientTransformation,
                     learning_rate: Callable, accum_steps: int = 1):
   """train_step(state, batch) -> (state, metrics): pure, for jit with donated state."""
 
   def train_step(state: TrainState, batch):
-    with nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+    with nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
       step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-      mlm_total = jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0)
-      nsp_total = jnp.maximum(jnp.sum(nsp_weights(batch)), 1.0)
+      totals = objective.totals(batch)
 
       def loss_fn(params, micro, key):
-        outputs = model.apply({"params": params}, **model_inputs(micro),
-                              deterministic=False, rngs={"dropout": key})
-        sums = pretraining_sums(outputs, micro)
-        return sums["mlm_loss"] / mlm_total + sums["nsp_loss"] / nsp_total, sums
+        sums = objective.sums(params, micro, key)
+        return objective.loss(sums, totals), sums
 
       grad_fn = jax.grad(loss_fn, has_aux=True)
       if accum_steps == 1:
         grads, sums = grad_fn(state.params, batch, step_key)
       else:
+        micro = _split_microbatches(batch, accum_steps)
+        sums_shape = jax.eval_shape(lambda: objective.sums(
+            state.params, jax.tree.map(lambda x: x[0], micro), step_key))
+
         def body(carry, xs):
-          i, micro = xs
-          g, s = grad_fn(state.params, micro, jax.random.fold_in(step_key, i))
+          i, one = xs
+          g, s = grad_fn(state.params, one, jax.random.fold_in(step_key, i))
           return jax.tree.map(jnp.add, carry, (g, s)), None
         zeros = (jax.tree.map(jnp.zeros_like, state.params),
-                 {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS})
-        (grads, sums), _ = jax.lax.scan(
-            body, zeros, (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)))
+                 jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), sums_shape))
+        (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      metrics = summarise(sums)
+      metrics = objective.summarise(sums)
       metrics["grad_norm"] = optax.global_norm(grads)
       metrics["learning_rate"] = learning_rate(state.step)
-      new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-      return new_state, metrics
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
 
 
-def make_eval_step(model: nn.Module):
-  """eval_step(params, batch) -> metric sums (summed over batches, then `summarise`d)."""
+def make_eval_step(objective: Objective):
+  """eval_step(params, batch) -> metric sums (add over batches, then `objective.summarise`)."""
 
   def eval_step(params, batch):
-    with nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
-      outputs = model.apply({"params": params}, **model_inputs(batch), deterministic=True)
-      return pretraining_sums(outputs, batch)
+    with nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+      return objective.sums(params, batch, None)
 
   return eval_step
+
+
+def make_predict_step(model: nn.Module, inputs=("input_ids", "segment_ids", "input_mask")):
+  """predict_step(params, batch) -> the model's outputs (deterministic)."""
+
+  def predict_step(params, batch):
+    with nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+      return model.apply({"params": params}, **{k: batch[k] for k in inputs},
+                         deterministic=True)
+
+  return predict_step

@@ -11,7 +11,7 @@ import numpy as np
 from flaxbert.models.config import BertConfig
 from flaxbert.models.factory import build_model, dummy_inputs
 from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim
+from flaxbert.training import objectives, optim
 from flaxbert.training.state import create_train_state
 from flaxbert.training.step import make_train_step
 
@@ -59,7 +59,8 @@ def losses(mesh_spec, steps=10, pack=False):
   mesh = mesh_lib.make_mesh(mesh_spec, devices=devices)
   dummy = dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32))
   state, shardings = create_train_state(model, tx, mesh, 0, dummy)
-  step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt)),
+  step = jax.jit(make_train_step(objectives.pretraining(model), tx,
+                                 optim.learning_rate_schedule(opt)),
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
   out = []

@@ -11,10 +11,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from flaxbert.errors import FlaxbertError
-from flaxbert.models.factory import build_model, dummy_inputs, param_count
+from jax.experimental import topologies
+
 from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim
+from flaxbert.data.packing import batch_shapes
+from flaxbert.data.pretraining import default_max_predictions
+from flaxbert.errors import FlaxbertError
+from flaxbert.models.factory import build_model, param_count
+from flaxbert.recipes.bert_pretrain import dummy_pretraining_inputs, model_config
+from flaxbert.training import objectives, optim
 from flaxbert.training.metrics import flops_per_token
 from flaxbert.training.state import abstract_state
 from flaxbert.training.step import make_train_step
@@ -23,7 +28,6 @@ GIB = 2 ** 30
 
 
 def topology_devices(name: str, chip_config: str = "megacore", num_slices: int = 1):
-  from jax.experimental import topologies
   try:
     topology = topologies.get_topology_desc(
         platform="tpu", topology_name=name, chip_config_name=chip_config,
@@ -45,7 +49,6 @@ def compile_for_topology(cfg, topology: str, chip_config: str = "megacore",
 def compile_report(cfg, devices) -> dict:
   """Compiles the train step of `cfg` over `devices` (real or from a topology description)
   without running it: per-chip memory and FLOPs per step."""
-  from flaxbert.recipes.bert_pretrain import model_config
   mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
   dp = mesh_lib.data_parallel_size(mesh)
   if cfg.batch_size % (dp * cfg.accum_steps):
@@ -55,17 +58,15 @@ def compile_report(cfg, devices) -> dict:
   model = build_model(config, "pretraining")
   opt_cfg = cfg.optimizer_config()
   tx = optim.make_optimizer(opt_cfg)
-  dummy = dict(dummy_inputs(), masked_positions=jnp.zeros((1, 2), jnp.int32))
-  state, shardings = abstract_state(model, tx, mesh, dummy)
-  from flaxbert.data.pretraining import default_max_predictions
+  state, shardings = abstract_state(model, tx, mesh, dummy_pretraining_inputs())
   b, s = cfg.batch_size, cfg.seq_len
   p = cfg.max_predictions or default_max_predictions(s)
   batch_sharding = mesh_lib.batch_sharding(mesh)
-  from flaxbert.data.packing import batch_shapes
   shapes = batch_shapes(b, s, p, getattr(cfg, "pack", False))
   batch = {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=batch_sharding)
            for k, (shape, dtype) in shapes.items()}
-  step = jax.jit(make_train_step(model, tx, optim.learning_rate_schedule(opt_cfg),
+  step = jax.jit(make_train_step(objectives.pretraining(model), tx,
+                                 optim.learning_rate_schedule(opt_cfg),
                                  cfg.accum_steps),
                  in_shardings=(shardings, batch_sharding),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)

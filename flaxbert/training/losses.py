@@ -1,0 +1,153 @@
+"""The losses of every recipe, as weighted sums in float32.
+
+Each function returns per-batch *sums* (loss, hits, weight): sums add across microbatches,
+devices and evaluation batches, and are divided by their totals only at the end, so
+accumulated, sharded and evaluated losses all equal the loss of one large batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy_sums(logits, labels, weights):
+  """(sum of weighted NLL, sum of weighted correct) in float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return jnp.sum(nll * weights), jnp.sum(correct * weights)
+
+
+def _nll(logits, labels):
+  """Per-position NLL in float32; labels < 0 (ignored positions) read class 0."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  safe = jnp.maximum(labels, 0).astype(jnp.int32)
+  return -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+
+
+# --- BERT pretraining: MLM + NSP -------------------------------------------------------------
+
+PRETRAINING_SUM_KEYS = ("mlm_loss", "mlm_hits", "mlm_weight", "nsp_loss", "nsp_hits",
+                        "nsp_weight")
+
+
+def nsp_weights(batch):
+  """Per-NSP-prediction weight: packed rows' filled slots, or each example's weight."""
+  if "nsp_weights" in batch:
+    return batch["nsp_weights"].astype(jnp.float32)
+  return batch.get("example_weight", jnp.ones(batch["nsp_label"].shape, jnp.float32)
+                   ).astype(jnp.float32)
+
+
+def pretraining_sums(outputs, batch):
+  """Per-batch sums of MLM and NSP losses and hits, and their weights."""
+  mlm_w = batch["masked_weights"].astype(jnp.float32)
+  nsp_w = nsp_weights(batch)
+  mlm_loss, mlm_hits = cross_entropy_sums(outputs["mlm_logits"], batch["masked_ids"], mlm_w)
+  nsp_loss, nsp_hits = cross_entropy_sums(outputs["nsp_logits"], batch["nsp_label"], nsp_w)
+  return {"mlm_loss": mlm_loss, "mlm_hits": mlm_hits, "mlm_weight": jnp.sum(mlm_w),
+          "nsp_loss": nsp_loss, "nsp_hits": nsp_hits, "nsp_weight": jnp.sum(nsp_w)}
+
+
+def pretraining_totals(batch):
+  """The global batch's normalisers: masked-token weight (MLM), prediction count (NSP)."""
+  return {"mlm": jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0),
+          "nsp": jnp.maximum(jnp.sum(nsp_weights(batch)), 1.0)}
+
+
+def pretraining_loss(sums, totals):
+  return sums["mlm_loss"] / totals["mlm"] + sums["nsp_loss"] / totals["nsp"]
+
+
+def summarise_pretraining(sums):
+  mlm_w = jnp.maximum(sums["mlm_weight"], 1.0)
+  nsp_w = jnp.maximum(sums["nsp_weight"], 1.0)
+  mlm_loss, nsp_loss = sums["mlm_loss"] / mlm_w, sums["nsp_loss"] / nsp_w
+  return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss,
+          "mlm_accuracy": sums["mlm_hits"] / mlm_w, "nsp_loss": nsp_loss,
+          "nsp_accuracy": sums["nsp_hits"] / nsp_w}
+
+
+# --- fine-tuning heads -----------------------------------------------------------------------
+
+def _example_weight(batch, n):
+  weight = batch.get("example_weight")
+  return jnp.ones((n,), jnp.float32) if weight is None else weight.astype(jnp.float32)
+
+
+def head_weights(head: str, batch):
+  """Per-example (per-token for tagging) weights: 0 on padding rows and ignored labels."""
+  if head == "tagging":
+    labels = batch["labels"]
+    w = (labels >= 0).astype(jnp.float32)
+    return w * _example_weight(batch, labels.shape[0])[:, None]
+  key = "start_position" if head == "span_qa" else "label"
+  return _example_weight(batch, batch[key].shape[0])
+
+
+def head_sums(head: str, outputs, batch):
+  """Sums of weighted loss, weight and hits of a fine-tuning head."""
+  w = head_weights(head, batch)
+  if head == "regression":
+    err = outputs["logits"].astype(jnp.float32)[:, 0] - batch["label"].astype(jnp.float32)
+    return {"loss": jnp.sum(w * err * err), "weight": jnp.sum(w), "hits": jnp.zeros(())}
+  if head in ("classification", "tagging"):
+    key = "label" if head == "classification" else "labels"
+    logits = outputs["logits"].astype(jnp.float32)
+    labels = batch[key]
+    hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {"loss": jnp.sum(w * _nll(logits, labels.astype(jnp.int32))), "weight": jnp.sum(w),
+            "hits": jnp.sum(w * hits)}
+  if head == "span_qa":
+    start = outputs["start_logits"].astype(jnp.float32)
+    end = outputs["end_logits"].astype(jnp.float32)
+    nll = 0.5 * (_nll(start, batch["start_position"]) + _nll(end, batch["end_position"]))
+    hits = ((jnp.argmax(start, -1) == batch["start_position"])
+            & (jnp.argmax(end, -1) == batch["end_position"])).astype(jnp.float32)
+    return {"loss": jnp.sum(w * nll), "weight": jnp.sum(w), "hits": jnp.sum(w * hits)}
+  raise ValueError(f"unknown fine-tuning head {head!r}")
+
+
+def summarise_head(head: str):
+  def summarise(sums):
+    weight = jnp.maximum(sums["weight"], 1.0)
+    metrics = {"loss": sums["loss"] / weight}
+    if head != "regression":
+      metrics["train_accuracy"] = sums["hits"] / weight
+    return metrics
+  return summarise
+
+
+# --- sequence to sequence --------------------------------------------------------------------
+
+def token_weights(batch):
+  weights = batch["target_mask"].astype(jnp.float32)
+  if "example_weight" in batch:
+    weights = weights * batch["example_weight"].astype(jnp.float32)[:, None]
+  return weights
+
+
+def seq2seq_sums(logits_BxTxV, batch, label_smoothing: float = 0.0):
+  """Sums of the smoothed loss, the plain NLL, correct tokens and weight (all float32).
+
+  Smoothing spreads `label_smoothing` of the target mass uniformly over the vocabulary:
+  loss = (1 - e) * NLL + e * mean over v of -log p(v).
+  """
+  weights_BxT = token_weights(batch)
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  nll_BxT = -jnp.take_along_axis(logp_BxTxV, batch["target_ids"][..., None].astype(jnp.int32),
+                                 axis=-1)[..., 0]
+  loss_BxT = nll_BxT
+  if label_smoothing > 0.0:
+    loss_BxT = (1.0 - label_smoothing) * nll_BxT - label_smoothing * jnp.mean(logp_BxTxV,
+                                                                              axis=-1)
+  correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == batch["target_ids"]).astype(jnp.float32)
+  return {"loss": jnp.sum(loss_BxT * weights_BxT), "nll": jnp.sum(nll_BxT * weights_BxT),
+          "hits": jnp.sum(correct_BxT * weights_BxT), "weight": jnp.sum(weights_BxT)}
+
+
+def summarise_seq2seq(sums):
+  weight = jnp.maximum(sums["weight"], 1.0)
+  return {"loss": sums["loss"] / weight, "nll": sums["nll"] / weight,
+          "token_accuracy": sums["hits"] / weight}

@@ -1,0 +1,63 @@
+"""The objectives of the recipes: a model's forward pass wired to a loss of training/losses.py.
+
+`None` as the key means deterministic (evaluation): no dropout.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from flaxbert.models.encdec import shift_right
+from flaxbert.training import losses
+from flaxbert.training.step import Objective
+
+BERT_INPUTS = ("input_ids", "segment_ids", "input_mask")
+PRETRAINING_INPUTS = BERT_INPUTS + ("masked_positions",)
+PACKED_INPUTS = ("position_ids", "nsp_positions")   # packed rows only (data/packing.py)
+
+
+def _apply(model: nn.Module, params, inputs: dict, key):
+  if key is None:
+    return model.apply({"params": params}, **inputs, deterministic=True)
+  return model.apply({"params": params}, **inputs, deterministic=False, rngs={"dropout": key})
+
+
+def pretraining_inputs(batch):
+  return {k: batch[k] for k in PRETRAINING_INPUTS + PACKED_INPUTS if k in batch}
+
+
+def pretraining(model: nn.Module) -> Objective:
+  """BERT's MLM + NSP, each normalised by the global batch's totals."""
+  return Objective(
+      sums=lambda params, batch, key: losses.pretraining_sums(
+          _apply(model, params, pretraining_inputs(batch), key), batch),
+      totals=losses.pretraining_totals, loss=losses.pretraining_loss,
+      summarise=losses.summarise_pretraining)
+
+
+def finetuning(model: nn.Module, head: str) -> Objective:
+  """A fine-tuning head's loss (cross-entropy, MSE, token or span), weighted per example."""
+  return Objective(
+      sums=lambda params, batch, key: losses.head_sums(
+          head, _apply(model, params, {k: batch[k] for k in BERT_INPUTS}, key), batch),
+      totals=lambda batch: {"weight": jnp.maximum(jnp.sum(losses.head_weights(head, batch)), 1.0)},
+      loss=lambda sums, totals: sums["loss"] / totals["weight"],
+      summarise=losses.summarise_head(head))
+
+
+def seq2seq(model: nn.Module, label_smoothing: float = 0.0) -> Objective:
+  """Teacher-forced, label-smoothed cross-entropy over the global batch's target tokens."""
+
+  def sums(params, batch, key):
+    decoder_input = shift_right(batch["target_ids"], model.config.decoder_start_id)
+    rngs = None if key is None else {"dropout": key}
+    logits = model.apply({"params": params}, batch["source_ids"], batch["source_mask"],
+                         decoder_input, deterministic=key is None, rngs=rngs)["logits"]
+    return losses.seq2seq_sums(logits, batch, label_smoothing)
+
+  return Objective(
+      sums=sums,
+      totals=lambda batch: {"weight": jnp.maximum(jnp.sum(losses.token_weights(batch)), 1.0)},
+      loss=lambda sums, totals: sums["loss"] / totals["weight"],
+      summarise=losses.summarise_seq2seq)
