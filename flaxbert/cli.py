@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from flaxbert import multihost
+from flaxbert import __version__, multihost
 from flaxbert.errors import FlaxbertError, os_error_line
 
 EXIT_USER_ERROR = 2
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
   from flaxbert.commands import register_all
   parser = argparse.ArgumentParser(
       prog="flaxbert", description="BERT and Transformer encoder-decoders in JAX/Flax.")
+  parser.add_argument("--version", action="version", version=f"flaxbert {__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   register_all(sub)
   return parser

@@ -9,7 +9,6 @@ metrics, checkpoints, SIGTERM, multi-host.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -25,6 +24,7 @@ from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
 from flaxbert.models.config import BertConfig, get_config
 from flaxbert.models.factory import build_model, dummy_inputs
+from flaxbert.recipes.configs import PretrainConfig
 from flaxbert.training import objectives, optim
 from flaxbert.training.metrics import flops_per_token
 from flaxbert.training.run import Run, open_run
@@ -33,53 +33,6 @@ from flaxbert.training.step import make_eval_step, make_train_step
 log = logging.getLogger("flaxbert")
 
 KIND = "pretrain"
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-  workdir: str
-  model: str = "tiny"                      # preset name or HF config.json
-  overrides: tuple = ()                    # (("dtype", "bfloat16"), ...) BertConfig fields
-  corpus: tuple = ()                       # empty: the embedded default corpus
-  eval_corpus: tuple = ()                  # empty: documents held out of the corpus
-  tokenizer: str | None = None             # empty: train one into WORKDIR/tokenizer
-  vocab_size: int = 8000
-  lowercase: bool = False
-  data_dir: str | None = None              # prepared datasets (default WORKDIR/data)
-  steps: int | None = None                 # default: 300 for tiny, BERT's 1M otherwise
-  batch_size: int = 32                     # global, all processes together
-  seq_len: int = 128
-  max_predictions: int | None = None
-  whole_word: bool = False
-  pack: bool = False                       # several pairs per row (data/packing.py)
-  accum_steps: int = 1
-  mesh: str | None = None
-  optimizer: str = "adamw"
-  learning_rate: float | None = None       # default: 1e-3 for tiny, 1e-4 otherwise
-  warmup_steps: int | None = None          # default: 10% of steps
-  schedule: str = "linear"
-  weight_decay: float = 0.01
-  clip_norm: float = 1.0
-  seed: int = 0
-  log_every: int = 10
-  eval_every: int = 100
-  eval_batches: int = 4
-  checkpoint_every: int = 100
-  keep_checkpoints: int = 3
-  async_checkpoints: bool = True
-  progress: bool = True
-
-  @property
-  def total_steps(self) -> int:
-    # tiny is the README's main job: minutes on a laptop CPU. The others follow BERT.
-    return self.steps if self.steps is not None else (300 if self.model == "tiny" else 1_000_000)
-
-  def optimizer_config(self) -> optim.OptimizerConfig:
-    lr = self.learning_rate or (1e-3 if self.model == "tiny" else 1e-4)
-    warmup = self.warmup_steps if self.warmup_steps is not None else self.total_steps // 10
-    return optim.OptimizerConfig(
-        name=self.optimizer, learning_rate=lr, warmup_steps=warmup, total_steps=self.total_steps,
-        schedule=self.schedule, weight_decay=self.weight_decay, clip_norm=self.clip_norm)
 
 
 def check(cfg: PretrainConfig, mesh) -> None:

@@ -27,63 +27,15 @@ from flaxbert.models.factory import dummy_inputs
 from flaxbert.tasks import classify, ner, predict as predict_lib, squad
 from flaxbert.training import loop, optim
 from flaxbert import sharding as mesh_lib
+from flaxbert.recipes.configs import FINETUNE_TASKS as TASKS, FinetuneConfig
 from flaxbert.training import objectives
 from flaxbert.training.step import make_train_step
 from flaxbert.training.state import host_params
 
 log = logging.getLogger("flaxbert")
 
-TASKS = ("classify", "ner", "qa")
 TRAIN_KEYS = {"classification": ("label",), "regression": ("label",), "tagging": ("labels",),
               "squad": ("start_position", "end_position")}
-MAIN_METRIC = {"classify": "accuracy", "regression": "pearson", "ner": "f1", "qa": "f1"}
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-  task: str                            # classify | ner | qa
-  train: str
-  dev: str
-  init: str                            # bundle or HF checkpoint directory
-  workdir: str
-  regression: bool = False
-  epochs: float = 3.0
-  batch_size: int = 32                 # global
-  eval_batch_size: int = 64
-  max_seq_length: int = 128
-  learning_rate: float = 5e-5
-  warmup_ratio: float = 0.1
-  weight_decay: float = 0.01
-  clip_norm: float = 1.0
-  seed: int = 0
-  max_train_examples: int | None = None
-  max_dev_examples: int | None = None
-  doc_stride: int = 128
-  max_query_length: int = 64
-  max_answer_length: int = 30
-  n_best: int = 20
-  version_2: bool | None = None        # None: detected from the files
-  null_threshold: float = 0.0
-  mesh: str | None = None
-  log_every: int = 10
-  checkpoint_every: int | None = None  # default: once per epoch
-  keep_checkpoints: int = 2
-  async_checkpoints: bool = True
-  progress: bool = True
-
-  @property
-  def data_task(self) -> str:
-    return {"classify": "regression" if self.regression else "classification",
-            "ner": "tagging", "qa": "squad"}[self.task]
-
-  @property
-  def head(self) -> str:
-    return {"classification": "classification", "regression": "regression",
-            "tagging": "tagging", "squad": "span_qa"}[self.data_task]
-
-  @property
-  def metric(self) -> str:
-    return MAIN_METRIC["regression" if self.regression else self.task]
 
 
 # --- inputs ----------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ The run skeleton (training/run.py) does the rest.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -29,6 +28,7 @@ from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json
 from flaxbert.models import encdec
 from flaxbert.models.encdec_config import EncDecConfig, get_config
+from flaxbert.recipes.configs import Seq2SeqConfig
 from flaxbert.tasks.seq2seq import translate, write_lines
 from flaxbert.training import objectives, optim
 from flaxbert.training.run import Run, open_run
@@ -38,40 +38,6 @@ from flaxbert.training.step import make_eval_step, make_train_step
 log = logging.getLogger("flaxbert")
 
 KIND = "finetune-seq2seq"
-
-
-@dataclasses.dataclass(frozen=True)
-class Seq2SeqConfig:
-  workdir: str
-  train: str
-  dev: str
-  init: str | None = None                  # an encdec bundle to start from
-  model: str = "tiny"                      # preset, when not `init`
-  overrides: tuple = ()                    # (("pre_ln", True), ...) EncDecConfig fields
-  vocab_size: int = 8000                   # SentencePiece BPE over both sides
-  max_source_length: int = 64
-  max_target_length: int = 64
-  steps: int = 1000
-  batch_size: int = 32
-  bucket_by_length: bool = True            # similar lengths per batch, padding cut to 8s
-  mesh: str | None = None
-  learning_rate: float = 1e-3
-  warmup_steps: int | None = None          # default 10% of steps
-  weight_decay: float = 0.0
-  clip_norm: float = 1.0
-  label_smoothing: float = 0.1
-  seed: int = 0
-  log_every: int = 10
-  eval_every: int = 200
-  eval_examples: int | None = None         # decode only the first N dev pairs (loss: all)
-  beam_size: int = 4
-  alpha: float = 0.6
-  decode_batch_size: int = 64
-  checkpoint_every: int = 200
-  max_train_examples: int | None = None   # a seeded random subset of the training pairs
-  keep_checkpoints: int = 3
-  async_checkpoints: bool = True
-  progress: bool = True
 
 
 def check(cfg: Seq2SeqConfig, mesh) -> None:

@@ -1,0 +1,6 @@
+"""`python -m flaxbert ...` = `flaxbert ...`."""
+import sys
+
+from flaxbert.cli import main
+
+sys.exit(main())

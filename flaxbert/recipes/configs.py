@@ -1,0 +1,245 @@
+"""The settings of the three run kinds (pretraining, fine-tuning, seq2seq fine-tuning): one
+frozen dataclass each, read by the recipes and turned into command-line flags by
+flaxbert/commands/flags.py.
+
+Every field is made by `setting` and carries, as metadata:
+  help          the text of `--help` (plain text; the flag's default is appended there)
+  flag          the flag, when it is not `--` + the field name with dashes
+  aliases       older spellings of the flag that keep working
+  choices       the allowed values, if restricted
+  metavar       the value's name in `--help`, when not derived from the flag
+  default_help  what a None or empty default means ("train one", "10% of the steps")
+  false_flag    for an optional bool (default None): (flag, help) of the flag that sets False
+  identity      whether the setting is part of what the run is: a re-run in an existing workdir
+                with a different value is refused. Settings that only say how the run is watched,
+                saved or laid out on devices (logging and evaluation frequency, checkpointing,
+                progress bars, the data cache, the mesh, evaluation batch sizes) are not, so they
+                may change between a run and its resume.
+
+A setting that several run kinds share takes its metadata from SHARED, so its flag, help and
+identity are the same in every command; only its default may differ per run kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flaxbert.training import optim
+
+FINETUNE_TASKS = ("classify", "ner", "qa")
+MAIN_METRIC = {"classify": "accuracy", "regression": "pearson", "ner": "f1", "qa": "f1"}
+# FinetuneConfig fields that only extractive QA reads; other tasks' commands leave them out.
+QA_SETTINGS = ("doc_stride", "max_query_length", "max_answer_length", "n_best", "version_2",
+               "null_threshold")
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
+            aliases: tuple[str, ...] = (), choices: tuple | None = None,
+            metavar: str | None = None, default_help: str | None = None,
+            false_flag: tuple[str, str] | None = None, identity: bool = True):
+  """A dataclass field with its flag's metadata (see the module docstring)."""
+  return dataclasses.field(default=default, metadata={
+      "help": help, "flag": flag, "aliases": tuple(aliases), "choices": choices,
+      "metavar": metavar, "default_help": default_help, "false_flag": false_flag,
+      "identity": identity})
+
+
+SHARED: dict[str, dict[str, Any]] = {
+    "workdir": dict(metavar="DIR", help="run directory: checkpoints, metrics.jsonl, bundle/; re-running the "
+                    "same command resumes the run"),
+    "model": dict(flag="--config", metavar="PRESET", help="model preset: tiny, bert_12_768_12, bert_24_1024_16 "
+                  "or an HF config.json for BERT; tiny or transformer_base for an "
+                  "encoder-decoder"),
+    "overrides": dict(flag="--set", metavar="KEY=VALUE", help="model config field, repeatable, "
+                      "e.g. --set dtype=bfloat16 --set remat=true; values are read as JSON where "
+                      "they parse (numbers, true/false)"),
+    "vocab_size": dict(help="vocabulary size of the tokenizer trained when none is given"),
+    "steps": dict(help="optimizer updates (may grow on a resumed run: train longer)",
+                  identity=False),
+    "batch_size": dict(help="global batch size: all devices and processes together"),
+    "mesh": dict(metavar="data=D,fsdp=F,tensor=T", help="device mesh",
+                 default_help="all devices on data", identity=False),
+    "learning_rate": dict(flag="--lr", help="peak learning rate"),
+    "warmup_steps": dict(help="steps of linear warmup", default_help="10% of the steps"),
+    "weight_decay": dict(help="decoupled weight decay"),
+    "clip_norm": dict(help="global-norm gradient clipping (0: off)"),
+    "seed": dict(help="seed of initialisation, data order and dropout"),
+    "max_train_examples": dict(metavar="N", help="train on a seeded random subset of N "
+                               "examples"),
+    "log_every": dict(help="steps between logged metrics", identity=False),
+    "eval_every": dict(help="steps between evaluations on held-out data", identity=False),
+    "checkpoint_every": dict(help="steps between checkpoints", identity=False),
+    "keep_checkpoints": dict(help="newest checkpoints kept on disk", identity=False),
+    "async_checkpoints": dict(flag="--sync-checkpoints", help="save checkpoints synchronously "
+                              "(default: in the background while training goes on)",
+                              identity=False),
+    "progress": dict(flag="--quiet", help="no progress bars", identity=False),
+}
+
+
+def shared(name: str, default: Any = dataclasses.MISSING, **more):
+  """The field of a shared setting; `more` may only say what a None default means."""
+  assert set(more) <= {"default_help"}, more
+  return setting(default, **{**SHARED[name], **more})
+
+
+def identity_fields(cls) -> tuple[str, ...]:
+  """The fields of a config class that a re-run in the same workdir must not change."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["identity"])
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """BERT pretraining (MLM + NSP), or encoder-decoder span-corruption pretraining."""
+  workdir: str = shared("workdir")
+  model: str = shared("model", "tiny")
+  overrides: tuple[tuple[str, Any], ...] = shared("overrides", ())
+  corpus: tuple[str, ...] = setting(
+      (), metavar="FILE", default_help="the embedded corpus",
+      help="BERT-format text: one sentence per line, a blank line between documents")
+  eval_corpus: tuple[str, ...] = setting(
+      (), metavar="FILE", help="held-out text",
+      default_help="every 50th document of the corpus")
+  tokenizer: str | None = setting(None, metavar="DIR", help="tokenizer directory",
+                                  default_help="train one into WORKDIR/tokenizer")
+  vocab_size: int = shared("vocab_size", 8000)
+  lowercase: bool = setting(False, help="lowercase the text (for a trained tokenizer)")
+  data_dir: str | None = setting(None, metavar="DIR", help="cache of prepared datasets",
+                                 default_help="WORKDIR/data/prepared", identity=False)
+  steps: int | None = shared("steps", None, default_help="300 for tiny, 1M otherwise")
+  batch_size: int = shared("batch_size", 32)
+  seq_len: int = setting(128, flag="--max-length", aliases=("--seq-len",),
+                         help="tokens per sequence")
+  max_predictions: int | None = setting(None, help="masked positions per sequence",
+                                        default_help="ceil(0.15 x max-length)")
+  whole_word: bool = setting(False, help="whole-word masking")
+  pack: bool = setting(False, help="pack several sentence pairs into each sequence (attention "
+                       "stays within a pair): no compute spent on padding")
+  accum_steps: int = setting(1, help="gradient accumulation microbatches per update")
+  mesh: str | None = shared("mesh", None)
+  optimizer: str = setting("adamw", choices=optim.OPTIMIZERS, help="optimizer")
+  learning_rate: float | None = shared("learning_rate", None,
+                                       default_help="1e-3 for tiny, 1e-4 otherwise")
+  warmup_steps: int | None = shared("warmup_steps", None)
+  schedule: str = setting("linear", choices=optim.SCHEDULES, help="decay after warmup")
+  weight_decay: float = shared("weight_decay", 0.01)
+  clip_norm: float = shared("clip_norm", 1.0)
+  seed: int = shared("seed", 0)
+  log_every: int = shared("log_every", 10)
+  eval_every: int = shared("eval_every", 100)
+  eval_batches: int = setting(4, help="held-out batches per evaluation", identity=False)
+  checkpoint_every: int = shared("checkpoint_every", 100)
+  keep_checkpoints: int = shared("keep_checkpoints", 3)
+  async_checkpoints: bool = shared("async_checkpoints", True)
+  progress: bool = shared("progress", True)
+
+  @property
+  def total_steps(self) -> int:
+    # tiny is the README's main job: minutes on a laptop CPU. The others follow BERT.
+    return self.steps if self.steps is not None else (300 if self.model == "tiny" else 1_000_000)
+
+  def optimizer_config(self) -> optim.OptimizerConfig:
+    lr = self.learning_rate or (1e-3 if self.model == "tiny" else 1e-4)
+    warmup = self.warmup_steps if self.warmup_steps is not None else self.total_steps // 10
+    return optim.OptimizerConfig(
+        name=self.optimizer, learning_rate=lr, warmup_steps=warmup, total_steps=self.total_steps,
+        schedule=self.schedule, weight_decay=self.weight_decay, clip_norm=self.clip_norm)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  """Fine-tuning a bundle or HF checkpoint on classification, NER or extractive QA."""
+  task: str = setting(choices=FINETUNE_TASKS, help="the task (given by the command)")
+  train: str = setting(metavar="FILE", help="training file: classify a TSV with a header "
+                       "(sentence, or sentence1 and sentence2; label), ner CoNLL "
+                       "token<TAB>tag lines, qa SQuAD JSON")
+  dev: str = setting(metavar="FILE", help="development file, same format")
+  init: str = setting(metavar="BUNDLE_OR_HF_DIR",
+                      help="flaxbert bundle or HF BERT checkpoint to start from")
+  workdir: str = shared("workdir")
+  regression: bool = setting(False, help="float labels (MSE; Pearson/Spearman)")
+  epochs: float = setting(3.0, help="passes over the training set", identity=False)
+  batch_size: int = shared("batch_size", 32)
+  eval_batch_size: int = setting(64, help="batch size of dev scoring", identity=False)
+  max_seq_length: int = setting(128, flag="--max-length", help="tokens per row")
+  learning_rate: float = shared("learning_rate", 5e-5)
+  warmup_ratio: float = setting(0.1, help="fraction of the steps of linear warmup, then linear "
+                                "decay to 0")
+  weight_decay: float = shared("weight_decay", 0.01)
+  clip_norm: float = shared("clip_norm", 1.0)
+  seed: int = shared("seed", 0)
+  max_train_examples: int | None = shared("max_train_examples", None)
+  max_dev_examples: int | None = setting(None, metavar="N", identity=False,
+                                         help="score on the first N dev examples")
+  doc_stride: int = setting(128, help="tokens between window starts")
+  max_query_length: int = setting(64, help="question tokens kept")
+  max_answer_length: int = setting(30, help="longest answer, in tokens")
+  n_best: int = setting(20, help="start/end candidates per window")
+  version_2: bool | None = setting(
+      None, flag="--version-2", false_flag=("--version-1", "always answer (SQuAD v1.1)"),
+      help="allow no answer (SQuAD v2.0)", default_help="detected from is_impossible / version")
+  null_threshold: float = setting(0.0, help="v2: answer \"\" when the null score minus the best "
+                                  "span score exceeds this")
+  mesh: str | None = shared("mesh", None)
+  log_every: int = shared("log_every", 10)
+  checkpoint_every: int | None = shared("checkpoint_every", None, default_help="once per epoch")
+  keep_checkpoints: int = shared("keep_checkpoints", 2)
+  async_checkpoints: bool = shared("async_checkpoints", True)
+  progress: bool = shared("progress", True)
+
+  @property
+  def data_task(self) -> str:
+    return {"classify": "regression" if self.regression else "classification",
+            "ner": "tagging", "qa": "squad"}[self.task]
+
+  @property
+  def head(self) -> str:
+    return {"classification": "classification", "regression": "regression",
+            "tagging": "tagging", "squad": "span_qa"}[self.data_task]
+
+  @property
+  def metric(self) -> str:
+    return MAIN_METRIC["regression" if self.regression else self.task]
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqConfig:
+  """Encoder-decoder fine-tuning on source<TAB>target pairs."""
+  workdir: str = shared("workdir")
+  train: str = setting(metavar="TSV", help="source<TAB>target pairs")
+  dev: str = setting(metavar="TSV", help="development pairs, same format")
+  init: str | None = setting(None, metavar="BUNDLE", help="encoder-decoder bundle to start "
+                             "from (its tokenizer and config are used)",
+                             default_help="a fresh model of --config")
+  model: str = shared("model", "tiny")
+  overrides: tuple[tuple[str, Any], ...] = shared("overrides", ())
+  vocab_size: int = shared("vocab_size", 8000)
+  max_source_length: int = setting(64, help="source tokens per pair")
+  max_target_length: int = setting(64, help="target tokens per pair")
+  steps: int = shared("steps", 1000)
+  batch_size: int = shared("batch_size", 32)
+  bucket_by_length: bool = setting(
+      True, flag="--no-length-buckets", help="batch pairs in plain shuffled order, padded to "
+      "the maximum lengths (default: batches of similar lengths with padding cut to multiples "
+      "of 8)")
+  mesh: str | None = shared("mesh", None)
+  learning_rate: float = shared("learning_rate", 1e-3)
+  warmup_steps: int | None = shared("warmup_steps", None)
+  weight_decay: float = shared("weight_decay", 0.0)
+  clip_norm: float = shared("clip_norm", 1.0)
+  label_smoothing: float = setting(0.1, help="label smoothing of the training loss")
+  seed: int = shared("seed", 0)
+  log_every: int = shared("log_every", 10)
+  eval_every: int = shared("eval_every", 200)
+  eval_examples: int | None = setting(None, metavar="N", identity=False, default_help="all",
+                                      help="decode only the first N dev pairs (the loss is "
+                                      "computed on all)")
+  beam_size: int = setting(4, flag="--beam", help="beam size of the final evaluation")
+  alpha: float = setting(0.6, help="length penalty exponent of beam search")
+  decode_batch_size: int = setting(64, help="dev sources decoded per batch", identity=False)
+  checkpoint_every: int = shared("checkpoint_every", 200)
+  keep_checkpoints: int = shared("keep_checkpoints", 3)
+  async_checkpoints: bool = shared("async_checkpoints", True)
+  progress: bool = shared("progress", True)
+  max_train_examples: int | None = shared("max_train_examples", None)
