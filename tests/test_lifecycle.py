@@ -16,7 +16,7 @@ import time
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import run_cli
+from conftest import SHARED_DATA, run_cli
 from test_pretrain import TINY, corpus_and_tokenizer, launcher_args, losses  # noqa: F401
 
 import flaxbert.cli
@@ -72,6 +72,14 @@ def test_other_settings_other_kind_and_a_second_run_change_nothing(trained_workd
                              "--workdir", trained_workdir], capsys)
   line = one_error_line(err)
   assert rc == 2 and "holds a pretrain run" in line, line
+  # A fine-tune pointed at the pretraining workdir, starting from that run's own bundle.
+  sentiment = os.path.join(SHARED_DATA, "sentiment")
+  rc, err = main_in_process(["finetune", "classify", "--train",
+                             os.path.join(sentiment, "train.tsv"), "--dev",
+                             os.path.join(sentiment, "dev.tsv"), "--init",
+                             trained_workdir / "bundle", "--workdir", trained_workdir], capsys)
+  line = one_error_line(err)
+  assert rc == 2 and "holds a pretrain run, not a finetune-classify run" in line, line
   # A second run while one holds the workdir's lock.
   with open(trained_workdir / ".lock", "a+") as held:
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)

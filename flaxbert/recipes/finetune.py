@@ -18,19 +18,20 @@ import math
 import os
 import random
 
-import jax
 import numpy as np
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models.factory import dummy_inputs
 from flaxbert.tasks import classify, ner, predict as predict_lib, squad
-from flaxbert.training import loop, optim
+from flaxbert import bundle as bundle_lib
 from flaxbert import sharding as mesh_lib
+from flaxbert.data.pipeline import finetune_data
+from flaxbert.training import optim
+from flaxbert.training.run import Run, open_run
 from flaxbert.recipes.configs import FINETUNE_TASKS as TASKS, FinetuneConfig
 from flaxbert.training import objectives
 from flaxbert.training.step import make_train_step
-from flaxbert.training.state import host_params
 
 log = logging.getLogger("flaxbert")
 
@@ -166,13 +167,14 @@ class _TrainBatches:
 
 def finetune(cfg: FinetuneConfig) -> dict:
   """Runs (or resumes) a fine-tune; returns results.json's content."""
-  from flaxbert.data.pipeline import finetune_data
-  from flaxbert import bundle as bundle_lib
-  os.makedirs(cfg.workdir, exist_ok=True)
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  _check(cfg, mesh)
-  is_main = jax.process_index() == 0
-  train_path, dev_path, labels, train_labels = _prepare_files(cfg)
+  with open_run(cfg, f"finetune-{cfg.task}", _check) as run:
+    return _finetune(run)
+
+
+def _finetune(run: Run) -> dict:
+  cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
+  train_path, dev_path, labels, train_labels = run.prepare(lambda: _prepare_files(cfg),
+                                                           "files")
   version_2 = cfg.version_2
   if cfg.task == "qa" and version_2 is None:
     version_2 = squad.version_2(train_path) or squad.version_2(dev_path)
@@ -189,16 +191,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
   if cfg.max_seq_length > bundle.config.max_position_embeddings:
     raise FlaxbertError(f"--max-length {cfg.max_seq_length} exceeds the model's "
                         f"{bundle.config.max_position_embeddings} positions")
-  tokenizer_dir = os.path.join(cfg.workdir, "tokenizer")
-  if is_main and not os.path.isdir(tokenizer_dir):
-    bundle.tokenizer.save(tokenizer_dir + ".tmp")
-    os.replace(tokenizer_dir + ".tmp", tokenizer_dir)
+  tokenizer_dir = run.tokenizer(copy_from=cfg.init)
+  run.record(model="bert", head=cfg.head, num_labels=getattr(bundle.model, "num_labels", None),
+             labels=labels, model_config=bundle.config.to_dict())
   extra = {"labels": labels} if labels else {}
   if cfg.task == "qa":
     extra = {"doc_stride": cfg.doc_stride, "max_query_length": cfg.max_query_length}
-  data = finetune_data(cfg.data_task, {"train": train_path}, tokenizer_dir,
-                       os.path.join(cfg.workdir, "data", "prepared"),
-                       max_seq_length=cfg.max_seq_length, **extra)
+  data = run.prepare(lambda: finetune_data(
+      cfg.data_task, {"train": train_path}, tokenizer_dir, run.path("data", "prepared"),
+      max_seq_length=cfg.max_seq_length, **extra), "data")
   n_train = data.num_examples("train")
   steps_per_epoch = max(1, n_train // cfg.batch_size)
   total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -226,29 +227,26 @@ def finetune(cfg: FinetuneConfig) -> dict:
     main = scores[cfg.metric]
     best = read_json(best_file) if os.path.isfile(best_file) else None
     if best is None or main > best["score"] or best["step"] == step:
-      host = host_params(params)
+      run.save_bundle("best", bundle, params=params, files=_settings_file(settings))
       if is_main:
-        _save_bundle(os.path.join(cfg.workdir, "best"), bundle, host, settings)
         os.makedirs(os.path.dirname(prediction_file), exist_ok=True)
         dev.write(predicted, prediction_file)
         write_json(best_file, {"step": step, "epoch": step / steps_per_epoch,
                                "metric": cfg.metric, "score": main, "dev": scores})
     return {f"dev_{k}": v for k, v in scores.items() if isinstance(v, float)}
 
-  loop_cfg = loop.LoopConfig(
-      workdir=cfg.workdir, total_steps=total_steps, log_every=cfg.log_every,
-      eval_every=steps_per_epoch, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
-      keep_checkpoints=cfg.keep_checkpoints, async_checkpoints=cfg.async_checkpoints,
-      progress=cfg.progress, desc=f"finetune {cfg.task}", seed=cfg.seed,
+  loop_cfg = run.loop_config(
+      total_steps=total_steps, eval_every=steps_per_epoch,
+      checkpoint_every=cfg.checkpoint_every or steps_per_epoch, desc=f"finetune {cfg.task}",
       tokens_per_step=cfg.batch_size * cfg.max_seq_length)
-  result = loop.run(loop_cfg, model=model, tx=tx, mesh=mesh, dummy_inputs=dummy_inputs(),
-                    train_step=make_train_step(objectives.finetuning(model, cfg.head), tx,
-                                               optim.learning_rate_schedule(opt_cfg)),
-                    data=train_batches, evaluate=evaluate, initial_params=bundle.params)
-  host = host_params(result.state.params)
+  result = run.train(loop_cfg, model=model, tx=tx, dummy_inputs=dummy_inputs(),
+                     train_step=make_train_step(objectives.finetuning(model, cfg.head), tx,
+                                                optim.learning_rate_schedule(opt_cfg)),
+                     data=train_batches, evaluate=evaluate, initial_params=bundle.params)
+  run.save_bundle("bundle", bundle, params=result.state.params,
+                  files=_settings_file(settings))
   results = {}
   if is_main:
-    _save_bundle(os.path.join(cfg.workdir, "bundle"), bundle, host, settings)
     best = read_json(best_file)
     results = {"task": cfg.task, "metric": cfg.metric, "best": best,
                "final": {k: v for k, v in result.last_metrics.items() if k.startswith("dev_")},
@@ -282,10 +280,6 @@ def _baseline(cfg: FinetuneConfig, dev, train_labels) -> dict:
   return dev.score({q["id"]: "" for q in dev.questions})
 
 
-def _save_bundle(out: str, bundle, params, settings) -> None:
-  from flaxbert import bundle as bundle_lib
-  with bundle_lib.replacing_directory(out) as tmp:   # the old one goes only once this is whole
-    bundle_lib.save(tmp, bundle_lib.Bundle(bundle.model, jax.tree.map(np.asarray, params),
-                                           bundle.tokenizer, bundle.config, bundle.head,
-                                           bundle.labels))
-    write_json(os.path.join(tmp, predict_lib.SETTINGS_FILE), dataclasses.asdict(settings))
+def _settings_file(settings) -> dict:
+  """The task settings `flaxbert predict` reads from a fine-tuned bundle."""
+  return {predict_lib.SETTINGS_FILE: dataclasses.asdict(settings)}
