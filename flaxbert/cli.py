@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from absl import logging as absl_logging
+
 from flaxbert import __version__, multihost
 from flaxbert.errors import FlaxbertError, os_error_line
 
@@ -28,15 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
+  """flaxbert says what failed in one line of its own; the libraries' logged tracebacks of
+  the same failure (Orbax logs each failed background write) are shown only with
+  FLAXBERT_DEBUG=1."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+  level = logging.INFO if os.environ.get("FLAXBERT_DEBUG") else logging.CRITICAL
   for noisy in ("absl", "jax", "orbax", "etils"):
-    logging.getLogger(noisy).setLevel(logging.ERROR)
-  try:
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.ERROR)
-  except ImportError:
-    pass
+    logging.getLogger(noisy).setLevel(level)
+  absl_logging.set_verbosity(absl_logging.INFO if level == logging.INFO else absl_logging.FATAL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,8 @@ SHARED: dict[str, dict[str, Any]] = {
     "steps": dict(help="optimizer updates (may grow on a resumed run: train longer)",
                   identity=False),
     "batch_size": dict(help="global batch size: all devices and processes together"),
+    "accum_steps": dict(help="gradient accumulation: microbatches per update (the batch "
+                        "size counts all of them)"),
     "mesh": dict(metavar="data=D,fsdp=F,tensor=T", help="device mesh",
                  default_help="all devices on data", identity=False),
     "learning_rate": dict(flag="--lr", help="peak learning rate"),
@@ -116,7 +118,7 @@ class PretrainConfig:
   whole_word: bool = setting(False, help="whole-word masking")
   pack: bool = setting(False, help="pack several sentence pairs into each sequence (attention "
                        "stays within a pair): no compute spent on padding")
-  accum_steps: int = setting(1, help="gradient accumulation microbatches per update")
+  accum_steps: int = shared("accum_steps", 1)
   mesh: str | None = shared("mesh", None)
   optimizer: str = setting("adamw", choices=optim.OPTIMIZERS, help="optimizer")
   learning_rate: float | None = shared("learning_rate", None,
@@ -170,6 +172,7 @@ class FinetuneConfig:
   clip_norm: float = shared("clip_norm", 1.0)
   seed: int = shared("seed", 0)
   max_train_examples: int | None = shared("max_train_examples", None)
+  accum_steps: int = shared("accum_steps", 1)
   max_dev_examples: int | None = setting(None, metavar="N", identity=False,
                                          help="score on the first N dev examples")
   doc_stride: int = setting(128, help="tokens between window starts")
@@ -243,3 +246,4 @@ class Seq2SeqConfig:
   async_checkpoints: bool = shared("async_checkpoints", True)
   progress: bool = shared("progress", True)
   max_train_examples: int | None = shared("max_train_examples", None)
+  accum_steps: int = shared("accum_steps", 1)

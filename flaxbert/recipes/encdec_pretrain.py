@@ -23,13 +23,12 @@ KIND = "pretrain-encdec"
 
 
 def check(cfg: PretrainConfig, mesh) -> None:
-  if cfg.accum_steps != 1 or cfg.whole_word or cfg.max_predictions or cfg.pack:
-    raise FlaxbertError("--accum-steps, --whole-word, --max-predictions and --pack are "
-                        "BERT-only")
+  if cfg.whole_word or cfg.max_predictions or cfg.pack:
+    raise FlaxbertError("--whole-word, --max-predictions and --pack are BERT-only")
   dp = sharding.data_parallel_size(mesh)
-  if cfg.total_steps < 1 or cfg.batch_size % dp:
-    raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by data x fsdp ({dp}) "
-                        "and --steps be positive")
+  if cfg.total_steps < 1 or cfg.accum_steps < 1 or cfg.batch_size % (dp * cfg.accum_steps):
+    raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by data x fsdp ({dp}) x "
+                        f"accumulation steps ({cfg.accum_steps}) and --steps be positive")
 
 
 def pretrain_encdec(cfg: PretrainConfig) -> dict:
@@ -69,7 +68,8 @@ def pretrain_encdec(cfg: PretrainConfig) -> dict:
         tokens_per_step=cfg.batch_size * (source_len + target_len))
     result = run.train(
         loop_cfg, model=model, tx=tx, dummy_inputs=encdec.dummy_inputs(),
-        train_step=make_train_step(objective, tx, optim.learning_rate_schedule(opt_cfg)),
+        train_step=make_train_step(objective, tx, optim.learning_rate_schedule(opt_cfg),
+                                   cfg.accum_steps),
         data=train_data, evaluate=evaluate)
     run.save_bundle("bundle", bundle_lib.Bundle(model, result.state.params, tokenizer, config,
                                                 "seq2seq"))

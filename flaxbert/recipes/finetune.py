@@ -49,9 +49,9 @@ def _check(cfg: FinetuneConfig, mesh) -> None:
   if cfg.epochs <= 0 or cfg.batch_size < 1 or cfg.max_seq_length < 8:
     raise FlaxbertError("--epochs and --batch-size must be positive and --max-length at least 8")
   dp = mesh_lib.data_parallel_size(mesh)
-  if cfg.batch_size % dp:
+  if cfg.accum_steps < 1 or cfg.batch_size % (dp * cfg.accum_steps):
     raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by the {dp} data-parallel "
-                        "devices")
+                        f"devices x {cfg.accum_steps} accumulation steps")
   for n, flag in ((cfg.max_train_examples, "--max-train-examples"),
                   (cfg.max_dev_examples, "--max-dev-examples")):
     if n is not None and n < 1:
@@ -241,7 +241,8 @@ def _finetune(run: Run) -> dict:
       tokens_per_step=cfg.batch_size * cfg.max_seq_length)
   result = run.train(loop_cfg, model=model, tx=tx, dummy_inputs=dummy_inputs(),
                      train_step=make_train_step(objectives.finetuning(model, cfg.head), tx,
-                                                optim.learning_rate_schedule(opt_cfg)),
+                                                optim.learning_rate_schedule(opt_cfg),
+                                                cfg.accum_steps),
                      data=train_batches, evaluate=evaluate, initial_params=bundle.params)
   run.save_bundle("bundle", bundle, params=result.state.params,
                   files=_settings_file(settings))

@@ -44,8 +44,9 @@ def check(cfg: Seq2SeqConfig, mesh) -> None:
   dp = sharding.data_parallel_size(mesh)
   if cfg.steps < 1 or cfg.batch_size < 1:
     raise FlaxbertError("--steps and --batch-size must be positive")
-  if cfg.batch_size % dp:
-    raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by data x fsdp ({dp})")
+  if cfg.accum_steps < 1 or cfg.batch_size % (dp * cfg.accum_steps):
+    raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by data x fsdp ({dp}) x "
+                        f"accumulation steps ({cfg.accum_steps})")
   if min(cfg.max_source_length, cfg.max_target_length) < 2:
     raise FlaxbertError("--max-source-length and --max-target-length must be at least 2")
   if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -189,7 +190,8 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
         tokens_per_step=cfg.batch_size * (cfg.max_source_length + cfg.max_target_length))
     result = run.train(
         loop_cfg, model=model, tx=tx, dummy_inputs=encdec.dummy_inputs(),
-        train_step=make_train_step(objective, tx, optim.learning_rate_schedule(opt_cfg)),
+        train_step=make_train_step(objective, tx, optim.learning_rate_schedule(opt_cfg),
+                                   cfg.accum_steps),
         data=data.batches("train", batch_size=cfg.batch_size, seed=cfg.seed,
                           bucket_by_length=cfg.bucket_by_length),
         evaluate=evaluate, count_tokens=real_tokens,
