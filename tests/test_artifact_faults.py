@@ -5,13 +5,17 @@ serving exports."""
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
+import flaxbert
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert import bundle as bundle_lib
+from flaxbert.errors import FlaxbertError
 from flaxbert.models.factory import build_model, init_params
 from conftest import make_hf_checkpoint, run_cli
 
@@ -105,3 +109,27 @@ def test_tokenizer_train_refuses_existing_dir_and_writes_atomically(classifier, 
   assert sorted(os.listdir(tmp_path)) == ["bundle", "corpus.txt", "tok", "tok.partial"]
   tokenizer = load_tokenizer(str(tmp_path / "tok"))
   assert tokenizer.vocab_size == 300 and tokenizer.decode(tokenizer.encode(words[0])) == words[0]
+
+
+# --- HF checkpoint with one wrong-shaped per-layer tensor ---------------------------------------
+
+def test_hf_wrong_shaped_layer_tensor_is_one_line(tiny_hf, tmp_path):
+  broken = tmp_path / "broken_hf"
+  shutil.copytree(tiny_hf, broken)
+  path = broken / "model.safetensors"
+  tensors = load_file(str(path))
+  name = "bert.encoder.layer.1.intermediate.dense.weight"
+  assert tensors[name].shape == (200, 96)
+  tensors[name] = np.zeros((199, 96), np.float32)
+  save_file(tensors, str(path), metadata={"format": "pt"})
+
+  fragments = (str(path), name, "(199, 96)", "(200, 96)")
+  with pytest.raises(FlaxbertError) as info:
+    flaxbert.load(str(broken))
+  message = str(info.value)
+  assert "\n" not in message and all(f in message for f in fragments), message
+
+  rc, _, err = run_cli("convert", "--from-hf", broken, "--out", tmp_path / "bundle")
+  assert_one_line_error(rc, err, *fragments)
+  assert not (tmp_path / "bundle").exists()
+  assert sorted(os.listdir(tmp_path)) == ["broken_hf"]
