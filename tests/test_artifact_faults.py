@@ -13,11 +13,14 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import flaxbert
+import flaxbert.serving
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert import bundle as bundle_lib
 from flaxbert.errors import FlaxbertError
+from flaxbert.inference.serving import export_serving
+from flaxbert.inference.serving_manifest import manifest_digest, sha256_file
 from flaxbert.models.factory import build_model, init_params
-from conftest import make_hf_checkpoint, run_cli
+from conftest import make_hf_checkpoint, random_batch, run_cli
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -133,3 +136,134 @@ def test_hf_wrong_shaped_layer_tensor_is_one_line(tiny_hf, tmp_path):
   assert_one_line_error(rc, err, *fragments)
   assert not (tmp_path / "bundle").exists()
   assert sorted(os.listdir(tmp_path)) == ["broken_hf"]
+
+
+# --- serving exports: tampering and truncation are one line, never accepted --------------------
+
+@pytest.fixture(scope="module")
+def served(classifier, tmp_path_factory):
+  """ONE export shared by the serving cases (each copies it), with its outputs on a batch."""
+  root = tmp_path_factory.mktemp("serving")
+  # A user's srv.partial beside the output: the export must leave it alone.
+  (root / "srv.partial").mkdir()
+  (root / "srv.partial" / "keep").write_text("mine")
+  export_serving(classifier, str(root / "srv"))
+  assert (root / "srv.partial" / "keep").read_text() == "mine"
+  assert sorted(os.listdir(root)) == ["srv", "srv.partial"]
+  batch = tuple(x.astype(np.int32) for x in random_batch(np.random.default_rng(7), 3, 11, 1000))
+  outputs = flaxbert.serving.load(str(root / "srv"))(*batch)
+  return str(root / "srv"), batch, outputs
+
+
+def read_manifest(directory):
+  with open(os.path.join(directory, "manifest.json")) as f:
+    return json.load(f)
+
+
+def write_manifest(directory, manifest, *, redigest=False):
+  if redigest:
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+  with open(os.path.join(directory, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+
+
+def edit_manifest(edit):
+  def tamper(directory):
+    manifest = read_manifest(directory)
+    edit(manifest)
+    write_manifest(directory, manifest)
+  return tamper
+
+
+def truncate_params(directory):
+  path = os.path.join(directory, "params.npz")
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def rewrite_params(directory, change, *, update_manifest):
+  path = os.path.join(directory, "params.npz")
+  with np.load(path) as stored:
+    arrays = {k: stored[k] for k in stored.files}
+  change(arrays)
+  size = os.path.getsize(path)
+  np.savez(path, **arrays)
+  if update_manifest:   # as a careful tamperer would: sizes, sha256 and digest all agree
+    manifest = read_manifest(directory)
+    manifest["files"]["params.npz"] = {"bytes": os.path.getsize(path),
+                                       "sha256": sha256_file(path)}
+    write_manifest(directory, manifest, redigest=True)
+  else:
+    assert os.path.getsize(path) == size  # so the sha256 check, not the size check, fires
+
+
+def wrong_shape(arrays):
+  arrays["classifier/dense/bias"] = np.zeros(4, np.float32)
+
+
+def changed_weight(arrays):
+  kernel = arrays["bert/encoder/layers/output/kernel"]
+  kernel[1, 2, 3] += 0.5
+
+
+def pop(field):
+  return lambda manifest: manifest.pop(field)
+
+
+def setter(field, value):
+  return lambda manifest: manifest.__setitem__(field, value)
+
+
+CASES = {
+    "max_length_missing": (edit_manifest(pop("max_length")),
+                           r"manifest\.json: max_length: missing$"),
+    "max_length_a_string": (edit_manifest(setter("max_length", "64")),
+                            r"manifest\.json: max_length: expected a positive integer, got '64'"),
+    "outputs_missing": (edit_manifest(pop("outputs")), r"manifest\.json: outputs: missing$"),
+    "outputs_malformed": (edit_manifest(setter("outputs", [{"name": "logits"}])),
+                          r"outputs\[0\]\.dtype: expected a string.*outputs\[0\]\.shape"),
+    "labels_reordered": (edit_manifest(lambda m: m["labels"].reverse()),
+                         r"manifest\.json: content differs from its manifest_sha256"),
+    "params_truncated": (truncate_params,
+                         r"params\.npz: \d+ bytes, the manifest records \d+ \(truncated"),
+    "params_wrong_shape": (
+        lambda d: rewrite_params(d, wrong_shape, update_manifest=True),
+        r"params\.npz: classifier/dense/bias is float32\[4\] but the exported function takes "
+        r"float32\[3\]"),
+    "params_weight_changed": (
+        lambda d: rewrite_params(d, changed_weight, update_manifest=False),
+        r"params\.npz: sha256 differs from the manifest's"),
+    "tokenizer_file_added": (
+        lambda d: open(os.path.join(d, "tokenizer", "spm.model"), "wb").close(),
+        r"tokenizer/spm\.model: not recorded in the manifest"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tampered_serving_export_is_one_line_error(served, tmp_path, case):
+  directory, _, _ = served
+  tamper, pattern = CASES[case]
+  copy = str(tmp_path / "srv")
+  shutil.copytree(directory, copy)
+  tamper(copy)
+  with pytest.raises(FlaxbertError, match=pattern) as info:
+    flaxbert.serving.load(copy)
+  assert "\n" not in str(info.value) and copy in str(info.value)
+
+
+def test_untampered_copy_loads_and_records_every_file(served, tmp_path):
+  directory, batch, outputs = served
+  copy = str(tmp_path / "srv")
+  shutil.copytree(directory, copy)
+  model = flaxbert.serving.load(copy)
+  assert model.labels == LABELS and model.max_length == 64
+  got = model(*batch)
+  assert set(got) == set(outputs) == {"logits"}
+  np.testing.assert_array_equal(got["logits"], outputs["logits"])
+  manifest = read_manifest(copy)
+  assert sorted(manifest["files"]) == ["model.stablehlo", "params.npz",
+                                       "tokenizer/tokenizer_config.json", "tokenizer/vocab.txt"]
+  for name, record in manifest["files"].items():
+    assert record == {"bytes": os.path.getsize(os.path.join(copy, name)),
+                      "sha256": sha256_file(os.path.join(copy, name))}
+  assert manifest["manifest_sha256"] == manifest_digest(manifest)
