@@ -75,7 +75,7 @@ def bench_model(name: str, hf_dir: str, work: str, args) -> dict:
   for kind, int8 in (("flaxbert", False), ("flaxbert_int8", True)):
     out = os.path.join(work, f"{name}-{kind}")
     manifest = export_serving(bundle, out, int8=int8)
-    sizes[kind] = sum(manifest["files"].values())
+    sizes[kind] = sum(manifest["files"][f]["bytes"] for f in ("model.stablehlo", "params.npz"))
     served = flaxbert.serving.load(out)
     runners[kind] = lambda ids, m=served: m(ids, np.zeros_like(ids), np.ones_like(ids))["pooled"]
   torch_model = transformers.BertModel.from_pretrained(hf_dir).eval()

@@ -75,7 +75,8 @@ def compare_int8(bundle, work: str, texts, labels, max_length: int = 64) -> dict
   logits, sizes = {}, {}
   for kind, int8 in (("float32", False), ("int8", True)):
     out = os.path.join(work, kind)
-    sizes[kind] = sum(export_serving(bundle, out, int8=int8)["files"].values())
+    files = export_serving(bundle, out, int8=int8)["files"]
+    sizes[kind] = files["model.stablehlo"]["bytes"] + files["params.npz"]["bytes"]
     served = flaxbert.serving.load(out)
     logits[kind] = np.stack(served.run_texts(texts, max_length=max_length)["logits"])
   pred = {k: v.argmax(-1) for k, v in logits.items()}

@@ -96,8 +96,8 @@ BAD_INPUTS = {
                                  "--max-length", "9999"], "--max-length"),
     "shapes disagree": (lambda d, t: ["convert", "--from-hf", _bad_hf_dir(
         d, t, lambda s: s.replace('"intermediate_size": 1536', '"intermediate_size": 1000')),
-        "--out", t / "b"], "intermediate/bias has shape (6, 1536) but the config implies "
-        "(6, 1000)"),
+        "--out", t / "b"], "model.safetensors: tensor encoder.layer.0.intermediate.dense.weight "
+        "has shape (1536, 384) but config.json implies (1000, 384)"),
     "heads do not divide": (lambda d, t: ["convert", "--from-hf", _bad_hf_dir(
         d, t, lambda s: s.replace('"num_attention_heads": 12', '"num_attention_heads": 7')),
         "--out", t / "b"], "not divisible by num_heads 7"),

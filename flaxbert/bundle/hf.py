@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -77,9 +78,31 @@ def read_state_dict(directory: str) -> tuple[dict[str, np.ndarray], str]:
 
 # --- HF names -> flaxbert ------------------------------------------------------------------------
 
-def _encoder_from_hf(sd: dict[str, np.ndarray], p: str, config: BertConfig) -> dict:
+def _encoder_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+  """The HF shape of each encoder tensor, by name without prefix; per-layer tensors by the name
+  after `encoder.layer.N.`. PyTorch Linear weights are (out, in)."""
+  d, f = config.hidden_size, config.intermediate_size
+  shapes = {
+      "embeddings.word_embeddings.weight": (config.vocab_size, d),
+      "embeddings.position_embeddings.weight": (config.max_position_embeddings, d),
+      "embeddings.token_type_embeddings.weight": (config.type_vocab_size, d),
+      "pooler.dense.weight": (d, d), "pooler.dense.bias": (d,),
+      "attention.output.dense.weight": (d, d), "attention.output.dense.bias": (d,),
+      "intermediate.dense.weight": (f, d), "intermediate.dense.bias": (f,),
+      "output.dense.weight": (d, f), "output.dense.bias": (d,),
+  }
+  for w in ("query", "key", "value"):
+    shapes[f"attention.self.{w}.weight"], shapes[f"attention.self.{w}.bias"] = (d, d), (d,)
+  for norm in ("embeddings.LayerNorm", "attention.output.LayerNorm", "output.LayerNorm"):
+    shapes[norm + ".weight"] = shapes[norm + ".bias"] = (d,)
+  return shapes
+
+
+def _encoder_from_hf(sd: dict[str, np.ndarray], p: str, config: BertConfig,
+                     source: str) -> dict:
   """flaxbert's 'bert' subtree from HF tensors named with prefix `p` ('' or 'bert.')."""
   n, h, d = config.num_heads, config.head_dim, config.hidden_size
+  shapes = _encoder_shapes(config)
 
   def t(name):
     key = p + name
@@ -88,8 +111,14 @@ def _encoder_from_hf(sd: dict[str, np.ndarray], p: str, config: BertConfig) -> d
       legacy = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
           "LayerNorm.bias", "LayerNorm.beta")
       if legacy not in sd:
-        raise FlaxbertError(f"checkpoint has no tensor {key}")
+        raise FlaxbertError(f"{source}: checkpoint has no tensor {key}")
       key = legacy
+    # Checked here, by its HF name, before any transpose, reshape or stacking on the scanned
+    # layers axis: those would fail (or silently reinterpret) a wrong-shaped tensor.
+    want = shapes[re.sub(r"^encoder\.layer\.\d+\.", "", name)]
+    if tuple(np.shape(sd[key])) != want:
+      raise FlaxbertError(f"{source}: tensor {key} has shape {tuple(np.shape(sd[key]))} but "
+                          f"config.json implies {want}")
     return np.asarray(sd[key], np.float32)
 
   def ln(name):
@@ -164,7 +193,7 @@ def params_from_hf(sd: dict[str, np.ndarray], config: BertConfig, head: str, fre
   that disagrees with its config is reported by name rather than failing deep inside XLA.
   """
   prefix = "bert." if any(k.startswith("bert.") for k in sd) else ""
-  loaded = {"bert": _encoder_from_hf(sd, prefix, config)}
+  loaded = {"bert": _encoder_from_hf(sd, prefix, config, source)}
   missing = []
   if loaded["bert"]["pooler"] is None:
     loaded["bert"]["pooler"] = fresh["bert"]["pooler"]

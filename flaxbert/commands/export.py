@@ -15,12 +15,12 @@ def run_export(args) -> None:
     from flaxbert import bundle as bundle_lib
     from flaxbert.inference.serving import export_serving
     manifest = export_serving(bundle_lib.load(args.source), args.out, int8=args.int8)
-    sizes = manifest["files"]
+    size = sum(record["bytes"] for record in manifest["files"].values())
     detail = (f", int8 dense kernels: parameters {manifest['params']['reduction']}x smaller"
               if args.int8 else "")
     print(f"wrote serving export {args.out} ({manifest['head']} head, "
           f"{manifest['compute_dtype']}, {', '.join(manifest['platforms'])}; "
-          f"{sum(sizes.values()) / 1e6:.1f} MB{detail})")
+          f"{size / 1e6:.1f} MB{detail})")
     return
   if args.int8:
     raise FlaxbertError("--int8 applies to serving exports: add --serving")

@@ -6,7 +6,8 @@
     DIR/params.npz        the parameters, flat {"bert/embeddings/...": array}; with --int8 the
                           dense kernels are int8 plus ":scale" arrays (dequantized inside f)
     DIR/tokenizer/        the bundle's tokenizer
-    DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, sizes
+    DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, and the
+                          size and sha256 of every file (flaxbert.inference.serving_manifest)
 
 Parameters are inputs of the exported function, stored next to it, not constants baked into
 the module: XLA would constant-fold the int8 dequantization back to float32 while compiling
@@ -14,28 +15,27 @@ the module: XLA would constant-fold the int8 dequantization back to float32 whil
 read, and one module of ~100 kB can be inspected on its own. The directory is still
 self-contained.
 
-`load(DIR)` needs only jax, numpy and the tokenizer: no flaxbert model code (and no flax).
+`load(DIR)` needs only jax, numpy and the tokenizer: no flaxbert model code (and no flax). It
+checks the directory is exactly what was exported (manifest fields and digest, file sizes and
+sha256, parameters against the function's signature): a tampered or truncated export is a
+one-line FlaxbertError naming the file, never another exception, never silently accepted.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import zipfile
 
 import jax
 import numpy as np
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.inference import bucketing
+from flaxbert.inference import serving_manifest as manifest_lib
+from flaxbert.inference.serving_manifest import (FORMAT, FORMAT_VERSION, MANIFEST_FILE,
+                                                 MODULE_FILE, PARAMS_FILE, TOKENIZER_DIR)
 from flaxbert.jsonfile import read_json, write_json
-
-FORMAT = "flaxbert-serving"
-FORMAT_VERSION = 1
-MODULE_FILE = "model.stablehlo"
-PARAMS_FILE = "params.npz"
-MANIFEST_FILE = "manifest.json"
-TOKENIZER_DIR = "tokenizer"
-INPUTS = ("input_ids", "segment_ids", "input_mask")
+from flaxbert.output_dir import check_new, new_directory
 
 
 def inference_dtype(backend: str | None = None) -> str:
@@ -50,9 +50,7 @@ def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | N
   from jax import export as jax_export
   from flaxbert.inference import quantize
 
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and os.listdir(directory):
-    raise FlaxbertError(f"{directory}: already exists and is not empty; choose a new --out")
+  directory = check_new(directory)   # before the export's minutes of work, and again below
   compute_dtype = dtype or inference_dtype()
   config = bundle.config.replace(dtype=compute_dtype)
   model = bundle.model.clone(config=config)
@@ -69,15 +67,23 @@ def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | N
   token_spec = jax.ShapeDtypeStruct((b, s), np.int32)
   param_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stored.items()}
   exported = jax_export.export(jax.jit(serve))(param_spec, token_spec, token_spec, token_spec)
-  outputs = jax.tree.unflatten(exported.out_tree, exported.out_avals)
 
-  tmp = directory + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  with open(os.path.join(tmp, MODULE_FILE), "wb") as f:
-    f.write(exported.serialize())
-  np.savez(os.path.join(tmp, PARAMS_FILE), **stored)
-  bundle.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
+  with new_directory(directory) as tmp:
+    with open(os.path.join(tmp, MODULE_FILE), "wb") as f:
+      f.write(exported.serialize())
+    np.savez(os.path.join(tmp, PARAMS_FILE), **stored)
+    bundle.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
+    params_report = {"parameters": int(sum(np.size(v) for v in float_flat.values())),
+                     "stored_bytes": quantize.nbytes(stored),
+                     **(quantize.size_report(float_flat, stored) if int8 else {})}
+    manifest = _manifest(bundle, exported, int8, compute_dtype, max_length, params_report,
+                         manifest_lib.file_records(tmp))
+    write_json(os.path.join(tmp, MANIFEST_FILE), manifest)
+  return manifest
+
+
+def _manifest(bundle, exported, int8, compute_dtype, max_length, params_report,
+              files) -> dict:
   manifest = {
       "format": FORMAT, "format_version": FORMAT_VERSION,
       "head": bundle.head, "labels": bundle.labels,
@@ -85,19 +91,12 @@ def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | N
       "int8": bool(int8), "compute_dtype": compute_dtype,
       "jax_version": jax.__version__, "platforms": list(exported.platforms),
       "max_length": max_length,
-      "inputs": [{"name": n, "dtype": "int32", "shape": ["b", "s"]} for n in INPUTS],
-      "outputs": [{"name": n, "dtype": str(a.dtype), "shape": [str(d) for d in a.shape]}
-                  for n, a in sorted(outputs.items())],
-      "files": {name: os.path.getsize(os.path.join(tmp, name))
-                for name in (MODULE_FILE, PARAMS_FILE)},
-      "params": {"parameters": int(sum(np.size(v) for v in float_flat.values())),
-                 "stored_bytes": quantize.nbytes(stored),
-                 **(quantize.size_report(float_flat, stored) if int8 else {})},
+      "inputs": manifest_lib.describe_inputs(exported),
+      "outputs": manifest_lib.describe_outputs(exported),
+      "files": files,
+      "params": params_report,
   }
-  write_json(os.path.join(tmp, MANIFEST_FILE), manifest)
-  if os.path.isdir(directory):
-    os.rmdir(directory)  # empty, checked above
-  os.replace(tmp, directory)
+  manifest[manifest_lib.DIGEST_FIELD] = manifest_lib.manifest_digest(manifest)
   return manifest
 
 
@@ -110,23 +109,23 @@ class ServingModel:
 
     if not os.path.isdir(directory):
       raise FlaxbertError(f"{directory}: no such serving directory")
-    self.manifest = read_json(os.path.join(directory, MANIFEST_FILE))
-    if self.manifest.get("format") != FORMAT:
-      raise FlaxbertError(f"{os.path.join(directory, MANIFEST_FILE)}: not a flaxbert serving "
-                          "manifest (export one with `flaxbert export BUNDLE --serving`)")
-    for name in (MODULE_FILE, PARAMS_FILE):
-      if not os.path.isfile(os.path.join(directory, name)):
-        raise FlaxbertError(f"{os.path.join(directory, name)}: missing from the serving "
-                            "directory")
-    with open(os.path.join(directory, MODULE_FILE), "rb") as f:
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    self.manifest = read_json(manifest_path)
+    manifest_lib.check_fields(self.manifest, manifest_path)
+    manifest_lib.check_files(directory, self.manifest)
+    module_path = os.path.join(directory, MODULE_FILE)
+    with open(module_path, "rb") as f:
       try:
         self.exported = jax_export.deserialize(bytearray(f.read()))
       except Exception as e:  # a foreign or truncated file; jax raises assorted types
-        raise FlaxbertError(f"{os.path.join(directory, MODULE_FILE)}: cannot deserialize "
+        raise FlaxbertError(f"{module_path}: cannot deserialize "
                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
             from None
-    with np.load(os.path.join(directory, PARAMS_FILE)) as stored:
-      self.params = {k: jax.device_put(stored[k]) for k in stored.files}
+    manifest_lib.check_signature(self.manifest, self.exported, manifest_path)
+    params_path = os.path.join(directory, PARAMS_FILE)
+    arrays = _read_npz(params_path)
+    manifest_lib.check_params(arrays, self.exported, params_path)
+    self.params = {k: jax.device_put(v) for k, v in arrays.items()}
     self.tokenizer = load_tokenizer(os.path.join(directory, TOKENIZER_DIR))
     self.head = self.manifest.get("head")
     self.labels = self.manifest.get("labels")
@@ -161,6 +160,15 @@ class ServingModel:
     pairs = [(t, None) if isinstance(t, str) else tuple(t) for t in texts]
     rows = bucketing.rows_from_texts(self.tokenizer, pairs, min(max_length, self.max_length))
     return self.run_rows(rows, batch_size=batch_size)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path) as stored:   # allow_pickle stays False: arrays only, no code
+      return {k: stored[k] for k in stored.files}
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    raise FlaxbertError(f"{path}: not a readable .npz of arrays "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def load(directory: str) -> ServingModel:
