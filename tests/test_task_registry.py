@@ -68,6 +68,24 @@ def test_dev_label_check_names_the_dev_line(tmp_path):
   assert open(prepared.dev).read() == "Rome\tB-LOC\n\n"
 
 
+def test_regression_files_need_numbers(tmp_path):
+  train, dev = tmp_path / "t.tsv", tmp_path / "d.tsv"
+  train.write_text("sentence\tlabel\ngood\t0.5\nbad\t-1\nfine\t0.5\n")
+  dev.write_text("sentence\tlabel\nok\t0.25\nmeh\thigh\n")
+  with pytest.raises(FlaxbertError) as error:
+    registry.REGRESSION.prepare_files(str(train), str(dev), str(tmp_path / "run"))
+  assert str(error.value) == f"{dev}:3: label 'high' is not a number"
+  # As classes the same files are fine up to the dev label the training file lacks.
+  with pytest.raises(FlaxbertError, match=f"{dev}:2: unknown label '0.25'"):
+    registry.CLASSIFY.prepare_files(str(train), str(dev), str(tmp_path / "run"))
+  dev.write_text("sentence\tlabel\nok\t0.25\n")
+  prepared = registry.REGRESSION.prepare_files(str(train), str(dev), str(tmp_path / "run"),
+                                               max_train_examples=2, seed=1)
+  assert prepared.labels is None and len(prepared.train_labels) == 2
+  assert prepared.train == str(tmp_path / "run" / "data" / "train_subset.tsv")
+  assert open(prepared.train).readline() == "sentence\tlabel\n"
+
+
 def test_predict_inputs_equal_the_finetuning_data(tmp_path):
   """Sentence pairs and single sentences, many cut to 24 tokens: the ids, segments and mask
   `predict` (and `embed`) feed the model are the fine-tuning pipeline's, row for row."""
