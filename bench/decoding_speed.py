@@ -10,7 +10,7 @@ import json
 import time
 
 from flaxbert import bundle as bundle_lib
-from flaxbert.tasks.seq2seq import read_sources, translate
+from flaxbert.tasks.seq2seq import read_texts, translate
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
   p.add_argument("--max-length", type=int, default=32)
   args = p.parse_args()
   bundle = bundle_lib.load_encdec_bundle(args.bundle)
-  texts = read_sources(args.sources)[1:args.examples + 1]   # skip the TSV header
+  texts = read_texts(args.sources)[0][:args.examples]   # a TSV's sources, header skipped
   results = {"examples": len(texts), "batch_size": args.batch_size,
              "max_length": args.max_length}
   for beam in args.beams:

@@ -42,7 +42,7 @@ def trained_classifier(minilm_dir: str, texts, labels, steps: int, max_length: i
   from flaxbert.models.factory import build_model, init_params
 
   base = bundle_lib.load(minilm_dir)
-  rows = bucketing.rows_from_texts(base.tokenizer, [(t, None) for t in texts], max_length)
+  rows = base.tokenizer.encode_inputs([(t, None) for t in texts], max_length)
   pooled = np.stack(embed.embed_rows(base, rows, 32, bucketing.default_buckets(max_length),
                                      show_progress=False)["pooled"])
   model = build_model(base.config, "classification", len(LABELS))

@@ -59,7 +59,7 @@ def test_embed_bucketed_equals_unbucketed(tiny_bundle):
   np.testing.assert_array_equal(pooled, np.asarray(want["pooled"]))
 
   # The compiled cache holds one function per (batch, bucket) shape, reused across calls.
-  rows = bucketing.rows_from_texts(tiny_bundle.tokenizer, texts, 64)
+  rows = tiny_bundle.tokenizer.encode_inputs(texts, 64)
   fn = bucketing.CompiledCache(embed.make_features_fn(tiny_bundle))
   first = embed.embed_rows(tiny_bundle, rows, 8, (16, 32, 64), False, fn)
   shapes = len(fn.shapes)

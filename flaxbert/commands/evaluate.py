@@ -11,10 +11,12 @@ def run_evaluate(args) -> None:
 
 
 def register(sub) -> None:
-  from flaxbert.tasks.predict import SCORERS
+  from flaxbert.tasks import NAMES
   p = sub.add_parser("evaluate", help="score a predictions file against gold")
-  p.add_argument("--task", required=True, choices=tuple(SCORERS))
+  p.add_argument("--task", required=True, choices=NAMES)
   p.add_argument("--predictions", required=True, help="the output of `flaxbert predict`")
-  p.add_argument("--gold", help="gold file (classify/ner: default the label / tag column of "
-                 "the predictions file; qa: the SQuAD JSON, required)")
+  p.add_argument("--gold", help="gold file (classify/regression/ner: default the label / tag "
+                 "column of the predictions file; qa: the SQuAD JSON, required; seq2seq: the "
+                 "source<TAB>target TSV (or one reference per line), required: sacrebleu "
+                 "corpus BLEU and chrF)")
   p.set_defaults(func=run_evaluate)

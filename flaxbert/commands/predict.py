@@ -1,32 +1,26 @@
-"""`flaxbert predict BUNDLE --task T --input FILE --output FILE`: one entry per task."""
+"""`flaxbert predict BUNDLE --task T --input FILE --output FILE`: every task of the registry."""
 
 from __future__ import annotations
 
-SEQ2SEQ = "seq2seq"
-
 
 def run_predict(args) -> None:
-  if args.task == SEQ2SEQ:
-    from flaxbert.tasks.seq2seq import predict_file as predict_seq2seq
-    n = predict_seq2seq(args.bundle, args.input, args.output, beam=args.beam,
-                        alpha=args.alpha, max_source_length=args.max_length or 128,
-                        max_length=args.max_output_length, batch_size=args.batch_size)
-  else:
-    from flaxbert.tasks.predict import predict_file
-    n = predict_file(args.bundle, args.task, args.input, args.output,
-                     batch_size=args.batch_size, mesh_spec=args.mesh,
-                     show_progress=not args.quiet, max_seq_length=args.max_length)
+  from flaxbert.tasks.predict import predict_file
+  n = predict_file(args.bundle, args.task, args.input, args.output,
+                   batch_size=args.batch_size, mesh_spec=args.mesh, show_progress=not args.quiet,
+                   max_seq_length=args.max_length, beam=args.beam, alpha=args.alpha,
+                   max_output_length=args.max_output_length)
   print(f"wrote {args.output}: {n} predictions")
 
 
 def register(sub) -> None:
-  from flaxbert.tasks.predict import PREDICTORS
+  from flaxbert.tasks import NAMES
   p = sub.add_parser("predict", help="run a fine-tuned bundle over a file")
   p.add_argument("bundle", help="fine-tuned bundle (e.g. WORKDIR/best)")
-  p.add_argument("--task", required=True, choices=tuple(PREDICTORS) + (SEQ2SEQ,))
-  p.add_argument("--input", required=True, help="classify: TSV; ner: CoNLL (tags optional); "
-                 "qa: SQuAD JSON (answers optional); seq2seq: one source per line (TSV: the "
-                 "first column)")
+  p.add_argument("--task", required=True, choices=NAMES)
+  p.add_argument("--input", required=True, help="classify/regression: TSV; ner: CoNLL (tags "
+                 "optional); qa: SQuAD JSON (answers optional); seq2seq: the source<TAB>target "
+                 "TSV fine-tuning reads (sources only are used; a header row is skipped) or "
+                 "one source per line")
   p.add_argument("--output", required=True, help="classify: the TSV with a prediction column; "
                  "ner: CoNLL with a predicted tag column; qa: JSON id -> answer; seq2seq: one "
                  "output per line")

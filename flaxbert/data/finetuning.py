@@ -44,18 +44,13 @@ def classification_examples(tokenizer: Tokenizer, paths: Sequence[str], max_seq_
   for path in paths:
     for chunk in _chunks(readers.read_tsv(path, (2, 3))):
       targets = [_parse_label(path, number, fields[-1], label_index) for number, fields in chunk]
-      first = tokenizer.encode_batch([fields[0] for _, fields in chunk])
       pairs = len(chunk[0][1]) == 3
-      second = (tokenizer.encode_batch([fields[1] for _, fields in chunk]) if pairs
-                else [None] * len(chunk))
-      for (number, fields), a, b, target in zip(chunk, first, second, targets):
-        budget = max_seq_length - (3 if b is not None else 2)
-        if len(a) + (len(b) if b is not None else 0) > budget:
-          skips.skip("rows cut to max_seq_length", f"{path}:{number}")
-        ids, segments = tokenizer.build_inputs(a, b, max_seq_length)
-        yield f"{path}:{number}", {"input_ids": np.asarray(ids, np.int32),
-                                   "segment_ids": np.asarray(segments, np.int32),
-                                   "label": target}
+      rows = tokenizer.encode_inputs(
+          [(fields[0], fields[1] if pairs else None) for _, fields in chunk], max_seq_length,
+          on_cut=lambda i: skips.skip("rows cut to max_seq_length", f"{path}:{chunk[i][0]}"))
+      for (number, _), row, target in zip(chunk, rows, targets):
+        yield f"{path}:{number}", {"input_ids": row["input_ids"],
+                                   "segment_ids": row["segment_ids"], "label": target}
 
 
 def _parse_label(path, number, text, label_index):

@@ -16,7 +16,9 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
@@ -111,6 +113,30 @@ class Tokenizer:
       ids += b + [self.sep_id]
       segments += [1] * (len(b) + 1)
     return ids, segments
+
+  def encode_inputs(self, texts: Sequence[tuple[str, str | None]], max_length: int,
+                    on_cut: Callable[[int], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """BERT inputs of (text_a, text_b or None) rows: unpadded int32 `input_ids`, `segment_ids`
+    and `input_mask` per row, framed and truncated by `build_inputs`.
+
+    The one path from texts to model inputs: the fine-tuning data, `predict`, `embed` and
+    serving all call it, so a text gets the same ids everywhere. `on_cut(i)` is called for
+    each row `i` that had to be cut to `max_length`.
+    """
+    firsts = self.encode_batch([a for a, _ in texts])
+    paired = [i for i, (_, b) in enumerate(texts) if b is not None]
+    seconds = dict(zip(paired, self.encode_batch([texts[i][1] for i in paired]))) \
+        if paired else {}
+    rows = []
+    for i, a in enumerate(firsts):
+      b = seconds.get(i)
+      ids, segments = self.build_inputs(a, b, max_length)
+      if on_cut is not None and len(ids) < len(a) + (len(b) + 3 if b is not None else 2):
+        on_cut(i)
+      rows.append({"input_ids": np.asarray(ids, np.int32),
+                   "segment_ids": np.asarray(segments, np.int32),
+                   "input_mask": np.ones(len(ids), np.int32)})
+    return rows
 
 
 class SentencePieceTokenizer(Tokenizer):

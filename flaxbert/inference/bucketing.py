@@ -127,19 +127,3 @@ def stack_padded(arrays: Sequence[np.ndarray], length: int | None = None,
     out[i, :len(a)] = a
   return out
 
-
-def rows_from_texts(tokenizer, texts: Sequence[tuple[str, str | None]],
-                    max_length: int) -> list[dict]:
-  """(text_a, text_b or None) pairs -> the unpadded rows `run_bucketed` takes:
-  {"input_ids", "segment_ids", "input_mask"} int32 arrays, [CLS]/[SEP] added, truncated to
-  `max_length` tokens."""
-  a_ids = tokenizer.encode_batch([a for a, _ in texts])
-  pairs = [(i, b) for i, (_, b) in enumerate(texts) if b is not None]
-  b_ids = dict(zip((i for i, _ in pairs), tokenizer.encode_batch([b for _, b in pairs])))
-  rows = []
-  for i in range(len(texts)):
-    ids, segments = tokenizer.build_inputs(a_ids[i], b_ids.get(i), max_length)
-    rows.append({"input_ids": np.asarray(ids, np.int32),
-                 "segment_ids": np.asarray(segments, np.int32),
-                 "input_mask": np.ones(len(ids), np.int32)})
-  return rows

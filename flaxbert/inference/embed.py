@@ -8,6 +8,7 @@ import numpy as np
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.inference import bucketing
+from flaxbert.inference.serving import inference_dtype
 from flaxbert.inference.text_input import read_text_lines
 from flaxbert.bundle import Bundle
 from flaxbert.models.heads import BertEncoder
@@ -16,24 +17,14 @@ from flaxbert.progress import progress_bar
 
 def encode_rows(tokenizer, rows, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """input_ids, segment_ids, input_mask (N x S, S = longest row) for (text_a, text_b) rows."""
-  a_ids = tokenizer.encode_batch([a for a, _ in rows])
-  pairs = [(i, b) for i, (_, b) in enumerate(rows) if b is not None]
-  b_ids = dict(zip((i for i, _ in pairs), tokenizer.encode_batch([b for _, b in pairs])))
-  built = [tokenizer.build_inputs(a_ids[i], b_ids.get(i), max_length) for i in range(len(rows))]
-  length = max(len(ids) for ids, _ in built)
-  input_ids = np.full((len(rows), length), tokenizer.pad_id, np.int32)
-  segment_ids = np.zeros((len(rows), length), np.int32)
-  input_mask = np.zeros((len(rows), length), np.int32)
-  for row, (ids, segments) in enumerate(built):
-    input_ids[row, :len(ids)] = ids
-    segment_ids[row, :len(ids)] = segments
-    input_mask[row, :len(ids)] = 1
-  return input_ids, segment_ids, input_mask
+  encoded = tokenizer.encode_inputs(rows, max_length)
+  return (bucketing.stack_padded([r["input_ids"] for r in encoded], fill=tokenizer.pad_id),
+          bucketing.stack_padded([r["segment_ids"] for r in encoded]),
+          bucketing.stack_padded([r["input_mask"] for r in encoded]))
 
 
 def inference_config(config):
   """The config features are computed in: bfloat16 on GPU/TPU, float32 on CPU."""
-  from flaxbert.inference.serving import inference_dtype
   return config.replace(dtype=inference_dtype())
 
 

@@ -28,9 +28,11 @@ import zipfile
 
 import jax
 import numpy as np
+from jax import export as jax_export
 
+from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
-from flaxbert.inference import bucketing
+from flaxbert.inference import bucketing, quantize
 from flaxbert.inference import serving_manifest as manifest_lib
 from flaxbert.inference.serving_manifest import (FORMAT, FORMAT_VERSION, MANIFEST_FILE,
                                                  MODULE_FILE, PARAMS_FILE, TOKENIZER_DIR)
@@ -47,9 +49,6 @@ def inference_dtype(backend: str | None = None) -> str:
 
 def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | None = None) -> dict:
   """Writes the serving directory of `bundle` (any head) atomically; returns its manifest."""
-  from jax import export as jax_export
-  from flaxbert.inference import quantize
-
   directory = check_new(directory)   # before the export's minutes of work, and again below
   compute_dtype = dtype or inference_dtype()
   config = bundle.config.replace(dtype=compute_dtype)
@@ -104,9 +103,6 @@ class ServingModel:
   """A loaded serving directory: `model(input_ids, segment_ids, input_mask)` -> outputs."""
 
   def __init__(self, directory: str):
-    from jax import export as jax_export
-    from flaxbert.data.tokenizer import load_tokenizer
-
     if not os.path.isdir(directory):
       raise FlaxbertError(f"{directory}: no such serving directory")
     manifest_path = os.path.join(directory, MANIFEST_FILE)
@@ -158,7 +154,7 @@ class ServingModel:
   def run_texts(self, texts, *, max_length: int = 128, batch_size: int = 32) -> dict[str, list]:
     """Texts (str, or (text_a, text_b) pairs) -> outputs per text, in input order."""
     pairs = [(t, None) if isinstance(t, str) else tuple(t) for t in texts]
-    rows = bucketing.rows_from_texts(self.tokenizer, pairs, min(max_length, self.max_length))
+    rows = self.tokenizer.encode_inputs(pairs, min(max_length, self.max_length))
     return self.run_rows(rows, batch_size=batch_size)
 
 

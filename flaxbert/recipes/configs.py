@@ -25,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flaxbert.tasks import registry
 from flaxbert.training import optim
 
+# The BERT fine-tuning commands (seq2seq is the encoder-decoder's, with its own config).
 FINETUNE_TASKS = ("classify", "ner", "qa")
-MAIN_METRIC = {"classify": "accuracy", "regression": "pearson", "ner": "f1", "qa": "f1"}
 # FinetuneConfig fields that only extractive QA reads; other tasks' commands leave them out.
 QA_SETTINGS = ("doc_stride", "max_query_length", "max_answer_length", "n_best", "version_2",
                "null_threshold")
@@ -192,18 +193,21 @@ class FinetuneConfig:
   progress: bool = shared("progress", True)
 
   @property
+  def spec(self) -> registry.Task:
+    """The registry's task (classify with --regression is the regression task)."""
+    return registry.get(self.task, self.regression)
+
+  @property
   def data_task(self) -> str:
-    return {"classify": "regression" if self.regression else "classification",
-            "ner": "tagging", "qa": "squad"}[self.task]
+    return self.spec.data
 
   @property
   def head(self) -> str:
-    return {"classification": "classification", "regression": "regression",
-            "tagging": "tagging", "squad": "span_qa"}[self.data_task]
+    return self.spec.head
 
   @property
   def metric(self) -> str:
-    return MAIN_METRIC["regression" if self.regression else self.task]
+    return self.spec.metric
 
 
 @dataclasses.dataclass(frozen=True)

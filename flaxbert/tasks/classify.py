@@ -1,4 +1,4 @@
-"""Sentence (pair) classification and regression: TSV I/O and metrics.
+"""Sentence (pair) classification and regression: TSV I/O, model inputs and metrics.
 
 Input TSV: a header row naming the columns (`sentence` or `sentence1`+`sentence2`, and
 `label`), or no header with 2 (sentence, label) or 3 (sentence1, sentence2, label) columns.
@@ -12,8 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
+from scipy import stats
+
 from flaxbert.data import readers
 from flaxbert.errors import FlaxbertError
+from flaxbert.inference.bucketing import stack_padded
 
 TEXT_COLUMNS = (("sentence",), ("sentence1", "sentence2"))
 KNOWN = {"sentence", "sentence1", "sentence2", "label", "prediction", "text", "text_a",
@@ -108,6 +111,78 @@ def write_rows(path: str, header: list[str], rows: list[list[str]]) -> None:
   os.replace(tmp, path)
 
 
+# --- a file prepared for the model, its predictions, their scores --------------------------
+
+class ClassifyInputs:
+  """A TSV's rows as padded model inputs; predictions are label names (regression: numbers
+  written with 6 significant digits)."""
+
+  def __init__(self, tokenizer, max_seq_length: int, labels, path: str, need_label: bool,
+               regression: bool = False):
+    self.table = read_table(path, need_label=need_label)
+    self.labels, self.regression = labels, regression
+    a, b = self.table.texts
+    rows = tokenizer.encode_inputs(list(zip(a, b if b is not None else [None] * len(a))),
+                                   max_seq_length)
+    self.arrays = {k: stack_padded([r[k] for r in rows], max_seq_length,
+                                   tokenizer.pad_id if k == "input_ids" else 0)
+                   for k in ("input_ids", "segment_ids", "input_mask")}
+
+  def predictions(self, outputs) -> list[str]:
+    logits = outputs["logits"]
+    if self.regression:
+      return [f"{v:.6g}" for v in logits[:, 0].tolist()]
+    return [self.labels[i] for i in np.argmax(logits, axis=-1).tolist()]
+
+  def gold(self) -> list[str]:
+    return [g.strip() for g in self.table.column("label")]
+
+  def score(self, predicted) -> dict[str, float]:
+    gold = self.gold()
+    if self.regression:
+      return regression_metrics(parse_float(self.table, gold, "label"),
+                                [float(p) for p in predicted])
+    return classification_metrics(gold, predicted)
+
+  def write(self, predicted, path: str) -> None:
+    write_table(self.table, predicted, path)
+
+
+def score_files(predictions: str, gold: str | None, regression: bool | None = None
+                ) -> dict[str, float]:
+  """Scores of a `predict` TSV (its last column) against `gold`'s label column, or against
+  its own label column. `regression=None`: regression metrics when labels or predictions are
+  not all integers."""
+  table = read_table(predictions, need_label=gold is None)
+  if not table.has("prediction") and table.header is not None:
+    raise FlaxbertError(f"{predictions}:1: missing column 'prediction'")
+  predicted = [r[-1].strip() for r in table.rows]
+  if gold is None:
+    if table.header is None:   # no header: the column before the prediction is the label
+      labels = [r[-2].strip() for r in table.rows]
+    else:
+      labels = [g.strip() for g in table.column("label")]
+    gold_table = table
+  else:
+    gold_table = read_table(gold, need_label=True)
+    labels = [g.strip() for g in gold_table.column("label")]
+    if len(labels) != len(predicted):
+      raise FlaxbertError(f"{predictions}: {len(predicted)} rows but {gold} has {len(labels)}")
+  if regression:
+    return regression_metrics(parse_float(gold_table, labels, "label"),
+                              parse_float(table, predicted, "prediction"))
+  if regression is None:
+    try:
+      gold_values = [float(x) for x in labels]
+      numeric = not all(x.lstrip("-").isdigit() for x in labels) or \
+          not all(x.lstrip("-").isdigit() for x in predicted)
+      if numeric:
+        return regression_metrics(gold_values, [float(x) for x in predicted])
+    except ValueError:
+      pass
+  return classification_metrics(labels, predicted)
+
+
 # --- metrics --------------------------------------------------------------------------------
 
 def accuracy(gold: Sequence, pred: Sequence) -> float:
@@ -151,7 +226,6 @@ def classification_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict[str
 
 
 def regression_metrics(gold: Sequence[float], pred: Sequence[float]) -> dict[str, float]:
-  from scipy import stats
   gold, pred = np.asarray(gold, np.float64), np.asarray(pred, np.float64)
   constant = np.std(gold) == 0 or np.std(pred) == 0
   return {"pearson": 0.0 if constant else float(stats.pearsonr(gold, pred)[0]),

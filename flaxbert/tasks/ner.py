@@ -154,3 +154,28 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
 def majority_baseline(gold: list[list[str]]) -> dict[str, float]:
   """Every word tagged "O" (the majority tag): entity F1 0 by construction."""
   return entity_scores(gold, [["O"] * len(s) for s in gold])
+
+
+# --- a file prepared for the model, its predictions, their scores --------------------------
+
+class NerInputs:
+  """A CoNLL file's sentences as padded model inputs; predictions are tags per word."""
+
+  def __init__(self, tokenizer, max_seq_length: int, labels, path: str, need_label: bool):
+    self.sentences = read_conll(path, need_tags=need_label)
+    self.labels = labels
+    self.arrays, self.firsts = encode_sentences(tokenizer, self.sentences, max_seq_length)
+
+  def predictions(self, outputs):
+    return decode(outputs["logits"], self.firsts, self.sentences, self.labels)
+
+  def score(self, predicted) -> dict[str, float]:
+    return entity_scores([s.tags for s in self.sentences], predicted)
+
+  def write(self, predicted, path: str) -> None:
+    write_predictions(path, self.sentences, predicted)
+
+
+def score_files(predictions: str, gold: str | None) -> dict[str, float]:
+  gold_tags, predicted = read_predictions(predictions, gold)
+  return entity_scores(gold_tags, predicted)

@@ -1,5 +1,6 @@
-"""Translating text with an encoder-decoder bundle: batches of sources -> decoded strings, and
-`predict_file` for `flaxbert predict BUNDLE --task seq2seq`."""
+"""Translating text with an encoder-decoder bundle: batches of sources -> decoded strings; the
+files of `flaxbert predict/evaluate --task seq2seq`, read as `finetune seq2seq` reads them;
+sacrebleu's corpus BLEU and chrF."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 from typing import Sequence
 
 import numpy as np
+import sacrebleu
 
+from flaxbert.data import readers
 from flaxbert.errors import FlaxbertError
 from flaxbert.models import decoding
 
@@ -50,18 +53,36 @@ def translate(model, params, tokenizer, texts: Sequence[str], *, max_source_leng
   return outputs, generated
 
 
-def read_sources(path: str) -> list[str]:
-  """One source per line (a TSV line contributes its first column)."""
-  if not os.path.isfile(path):
-    raise FlaxbertError(f"{path}: no such file")
-  texts = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      line = line.rstrip("\n")
-      if "\x00" in line:
-        raise FlaxbertError(f"{path}:{number}: NUL byte in input")
-      texts.append(line.split("\t", 1)[0])
-  return texts
+def read_texts(path: str) -> tuple[list[str], list[str] | None]:
+  """(sources, targets) of a source<TAB>target TSV, read exactly as fine-tuning reads it
+  (`readers.read_tsv`: a header row of column names skipped, blank lines skipped, every row
+  two columns); (lines, None) for plain text, one source per line, every line kept so that
+  outputs line up with inputs. The first non-blank line decides which it is."""
+  lines = []
+  for number, line in readers._lines(path):
+    if "\x00" in line:
+      raise FlaxbertError(f"{path}:{number}: NUL byte in input")
+    lines.append(line)
+  first = next((line for line in lines if line.strip()), "")
+  if "\t" not in first:
+    return [line.split("\t", 1)[0] for line in lines], None
+  sources, targets = [], []
+  for _, fields in readers.read_tsv(path, (2,)):
+    sources.append(fields[0])
+    targets.append(fields[1])
+  return sources, targets
+
+
+def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """sacrebleu corpus BLEU and chrF (default settings: 13a tokenisation, chrF n=6 beta=2)."""
+  return {"bleu": sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score,
+          "chrf": sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score}
+
+
+def read_references(path: str) -> list[str]:
+  """The targets of a source<TAB>target TSV, or one reference per line of plain text."""
+  sources, targets = read_texts(path)
+  return targets if targets is not None else sources
 
 
 def write_lines(path: str, lines: Sequence[str]) -> None:
@@ -74,15 +95,43 @@ def write_lines(path: str, lines: Sequence[str]) -> None:
   os.replace(tmp, path)
 
 
-def predict_file(bundle_path: str, input_path: str, output_path: str, *, beam: int = 1,
-                 alpha: float = 0.6, max_source_length: int = 128, max_length: int = 128,
-                 batch_size: int = 64) -> int:
-  """Translates each line of `input_path` into a line of `output_path`; returns the count."""
-  from flaxbert import bundle as bundle_lib
-  bundle = bundle_lib.load_encdec_bundle(bundle_path)
-  texts = read_sources(input_path)
-  outputs, _ = translate(bundle.model, bundle.params, bundle.tokenizer, texts,
-                         max_source_length=max_source_length, max_length=max_length,
-                         beam_size=beam, alpha=alpha, batch_size=batch_size)
-  write_lines(output_path, outputs)
-  return len(outputs)
+# --- a file prepared for the model, its predictions, their scores --------------------------
+
+class Seq2SeqInputs:
+  """The sources of a TSV or plain-text file; predictions are one decoded string each.
+
+  `settings` gives max_seq_length (source tokens), max_output_length, beam and alpha."""
+
+  def __init__(self, tokenizer, settings, path: str, need_label: bool):
+    self.tokenizer, self.settings = tokenizer, settings
+    self.sources, self.targets = read_texts(path)
+    if need_label and self.targets is None:
+      raise FlaxbertError(f"{path}: expected source<TAB>target pairs")
+
+  def translate(self, model, params, batch_size: int) -> list[str]:
+    s = self.settings
+    outputs, _ = translate(model, params, self.tokenizer, self.sources,
+                           max_source_length=s.max_seq_length, max_length=s.max_output_length,
+                           beam_size=s.beam, alpha=s.alpha, batch_size=batch_size)
+    return outputs
+
+  def score(self, predicted) -> dict[str, float]:
+    return score(predicted, self.targets)
+
+  def write(self, predicted, path: str) -> None:
+    write_lines(path, predicted)
+
+
+def score_files(predictions: str, gold: str | None) -> dict[str, float]:
+  """BLEU and chrF of a `predict` output (one hypothesis per line) against the targets of
+  `gold` (the source<TAB>target TSV, or one reference per line)."""
+  if gold is None:
+    raise FlaxbertError("seq2seq: pass the gold source<TAB>target TSV with --gold")
+  hypotheses = [line for _, line in readers._lines(predictions)]
+  references = read_references(gold)
+  if len(hypotheses) != len(references):
+    raise FlaxbertError(f"{predictions}: {len(hypotheses)} lines but {gold} has "
+                        f"{len(references)} references")
+  if not references:
+    raise FlaxbertError(f"{gold}: no references")
+  return score(hypotheses, references)

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from flaxbert.data import readers
+from flaxbert.data.finetuning import squad_examples
 from flaxbert.errors import FlaxbertError
 
 
@@ -224,3 +225,41 @@ def read_predictions(path: str) -> dict[str, str]:
   if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
     raise FlaxbertError(f"{path}: expected a JSON object question id -> answer text")
   return data
+
+
+# --- a file prepared for the model, its predictions, their scores --------------------------
+
+class QaInputs:
+  """A SQuAD file's windows as padded model inputs; predictions map question id -> answer.
+
+  `settings` gives doc_stride, max_query_length, n_best, max_answer_length and
+  null_threshold (None: v1.1, always answer)."""
+
+  def __init__(self, tokenizer, settings, path: str, need_label: bool):
+    if need_label:
+      check_answers(path)
+    self.settings = settings
+    self.questions = read_questions(path)
+    windows = [w for _, w in squad_examples(tokenizer, self.questions, settings.max_seq_length,
+                                            settings.doc_stride, settings.max_query_length)]
+    self.window_ids = [w["example_id"] for w in windows]
+    self.arrays = window_arrays(windows, settings.max_seq_length, tokenizer.pad_id)
+
+  def predictions(self, outputs) -> dict[str, str]:
+    s = self.settings
+    return best_answers(self.questions, self.window_ids, self.arrays, outputs["start_logits"],
+                        outputs["end_logits"], n_best=s.n_best,
+                        max_answer_length=s.max_answer_length, null_threshold=s.null_threshold)
+
+  def score(self, predicted) -> dict[str, float]:
+    return score(gold_answers(self.questions), predicted)
+
+  def write(self, predicted, path: str) -> None:
+    write_predictions(path, predicted)
+
+
+def score_files(predictions: str, gold: str | None) -> dict[str, float]:
+  if gold is None:
+    raise FlaxbertError("qa: pass the gold SQuAD JSON with --gold")
+  check_answers(gold)
+  return score(gold_answers(read_questions(gold)), read_predictions(predictions))
