@@ -1,5 +1,5 @@
 import sys
 
-from flaxbert.cli import main
+from flaxbert.cli import entry
 
-sys.exit(main(["finetune", *sys.argv[1:]]))
+entry(["finetune", *sys.argv[1:]])

@@ -1,6 +1,4 @@
 """`python -m flaxbert ...` = `flaxbert ...`."""
-import sys
+from flaxbert.cli import entry
 
-from flaxbert.cli import main
-
-sys.exit(main())
+entry()

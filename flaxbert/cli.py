@@ -68,5 +68,17 @@ def _fail(message: str) -> int:
   return EXIT_USER_ERROR
 
 
+def entry(argv: list[str] | None = None) -> None:
+  """The console script: main(), then exit. After a failure the process ends at once: the
+  one line is said, and background writers abandoned mid-write (Orbax, TensorStore) would
+  only add their own tracebacks while the interpreter shuts down."""
+  code = main(argv)
+  if code:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

@@ -1,5 +1,5 @@
 import sys
 
-from flaxbert.cli import main
+from flaxbert.cli import entry
 
-sys.exit(main(["pretrain", *sys.argv[1:]]))
+entry(["pretrain", *sys.argv[1:]])
