@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 
 from absl import logging as absl_logging
 
@@ -39,6 +40,16 @@ def _quiet_libraries() -> None:
   for noisy in ("absl", "jax", "orbax", "etils"):
     logging.getLogger(noisy).setLevel(level)
   absl_logging.set_verbosity(absl_logging.INFO if level == logging.INFO else absl_logging.FATAL)
+  if level != logging.INFO:
+    sys.excepthook = _main_thread_excepthook
+
+
+def _main_thread_excepthook(kind, value, tb) -> None:
+  """Tracebacks of the main thread (flaxbert's bugs) as usual; errors that native libraries
+  print from their own threads (TensorStore callbacks of a write flaxbert already reported
+  failed) are dropped."""
+  if threading.current_thread() is threading.main_thread():
+    sys.__excepthook__(kind, value, tb)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 
 import grain
 import jax
@@ -92,6 +93,8 @@ class RunCheckpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data_iterator, force: bool = False) -> bool:
+    if force or self._manager.should_save(step):
+      self._check_space(step, state)
     try:
       return self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -99,6 +102,26 @@ class RunCheckpoints:
                                 force=force)
     except Exception as e:
       raise self._save_error(e, step) from None
+
+  def _check_space(self, step: int, state) -> None:
+    """Stops before writing when the checkpoint cannot fit: a write that runs out of space
+    midway fails in many background threads at once."""
+    needed = sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
+                 if isinstance(leaf, jax.Array)
+                 for shard in leaf.addressable_shards if shard.replica_id == 0)
+    needed = int(needed * 1.05) + (1 << 20)   # file headers, metadata, the data iterator
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      return
+    if free < needed:
+      good = self._good_steps()
+      kept = (f"the last good checkpoint (step {max(good)}) is kept" if good
+              else "no checkpoint was written yet")
+      raise FlaxbertError(
+          f"cannot write checkpoint {step}: {self.directory}: {os.strerror(errno.ENOSPC)} "
+          f"(it needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free); "
+          f"{kept}")
 
   def _save_error(self, error: BaseException, step: int | None) -> FlaxbertError:
     """One line for a failed save: the path, the OS reason, the checkpoint still good."""
