@@ -5,6 +5,9 @@ Public entry points:
   flaxbert.get_model(name)     -> (model, params) freshly initialised from a preset
   flaxbert.BertConfig          the encoder's frozen config
   flaxbert.FlaxbertError       the one user-facing error type
+
+`load` and `get_model` import their modules on first use, so `import flaxbert` (which every
+`flaxbert` command does, `--help` included) does not pay for flax, orbax and the models.
 """
 
 from flaxbert.errors import FlaxbertError

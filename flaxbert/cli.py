@@ -15,13 +15,13 @@ import threading
 from absl import logging as absl_logging
 
 from flaxbert import __version__, multihost
+from flaxbert.commands import register_all
 from flaxbert.errors import FlaxbertError, os_error_line
 
 EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from flaxbert.commands import register_all
   parser = argparse.ArgumentParser(
       prog="flaxbert", description="BERT and Transformer encoder-decoders in JAX/Flax.")
   parser.add_argument("--version", action="version", version=f"flaxbert {__version__}")

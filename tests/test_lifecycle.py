@@ -176,7 +176,7 @@ def test_full_disk_and_read_only_workdir(tmp_path, corpus_and_tokenizer):
   w = shlex.quote(str(workdir))
   script = f"""
     mount -t tmpfs -o size=16m none {w} || exit 99
-    {launch(4)} 2>/dev/null; echo "rc_first=$?"
+    {launch(4)} >/dev/null 2>&1; echo "rc_first=$?"
     dd if=/dev/zero of={w}/filler bs=64k 2>/dev/null; truncate -s -96K {w}/filler
     {launch(8)}; echo "rc_full=$?"
     rm {w}/filler

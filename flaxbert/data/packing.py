@@ -22,6 +22,7 @@ import threading
 
 import numpy as np
 
+from flaxbert.data.pretraining import default_max_predictions
 from flaxbert.data.sampling import shuffle_indices
 
 OPEN_ROWS = 8   # rows first-fit may still add to; more fills rows tighter but reorders more
@@ -181,7 +182,6 @@ def pack_batch(examples: dict[str, np.ndarray], lengths: np.ndarray, slots: np.n
 def packed_max_predictions(seq_length: int, max_per_row: int, per_example: int) -> int:
   """Predictions a packed row can need: each example takes at most max(1, round(0.15 n)),
   so the sum stays under 0.15 S plus one per example (and never over S)."""
-  from flaxbert.data.pretraining import default_max_predictions
   return min(seq_length, max(per_example, default_max_predictions(seq_length) + max_per_row))
 
 
