@@ -11,6 +11,7 @@ with native stack traces.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import os
@@ -63,19 +64,27 @@ def _start_watchdog() -> None:
   if client is None or _watchdog is not None:
     return
   me = jax.process_index()
+  stop = threading.Event()
 
   def watch():
-    while True:
+    while not stop.wait(0.25):
       try:
-        message = client.blocking_key_value_get(ABORT_KEY, 500)
-      except Exception:  # the key is not there yet (deadline), or the service is gone
+        message = client.key_value_try_get(ABORT_KEY)
+      except Exception:  # not posted (the usual case), or the service is going away
         continue
       if not message.startswith(f"process {me}:"):
         print(f"flaxbert: error: stopping: {message}", file=sys.stderr, flush=True)
         os._exit(EXIT_FAILED)   # other threads may sit in a collective that never returns
 
+  def stop_watching():
+    # Before jax.distributed's own exit handler (registered earlier, so run later) shuts the
+    # client down under a thread still calling it.
+    stop.set()
+    _watchdog.join(timeout=5)
+
   _watchdog = threading.Thread(target=watch, name="flaxbert-abort-watchdog", daemon=True)
   _watchdog.start()
+  atexit.register(stop_watching)
 
 
 def is_multiprocess() -> bool:

@@ -227,11 +227,8 @@ class RunCheckpoints:
       raise self._save_error(e, None) from None
 
   def close(self) -> None:
-    try:
-      self._manager.wait_until_finished()
-      self._manager.close()
-    except Exception as e:
-      raise self._save_error(e, None) from None
+    self.wait()
+    self._manager.close()
 
   def abandon(self) -> None:
     """Closes the manager after a failure, ignoring what else fails on the way out."""
