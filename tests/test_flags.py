@@ -221,10 +221,12 @@ def test_settings_that_may_change_on_resume():
     return {f.name for f in dataclasses.fields(cls)} - set(identity_fields(cls))
   watching = {"log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoints",
               "progress", "mesh"}
-  assert changeable(PretrainConfig) == watching | {"eval_every", "eval_batches", "data_dir"}
-  assert changeable(FinetuneConfig) == watching | {"eval_batch_size", "max_dev_examples"}
+  assert changeable(PretrainConfig) == watching | {"eval_every", "eval_batches", "data_dir",
+                                                   "steps"}
+  assert changeable(FinetuneConfig) == watching | {"eval_batch_size", "max_dev_examples",
+                                                   "epochs"}
   assert changeable(Seq2SeqConfig) == watching | {"eval_every", "eval_examples",
-                                                  "decode_batch_size"}
+                                                  "decode_batch_size", "steps"}
   assert {"seed", "learning_rate", "seq_len", "model", "overrides", "corpus"} <= \
       set(identity_fields(PretrainConfig))
 

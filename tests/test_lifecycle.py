@@ -243,3 +243,47 @@ def test_a_failing_process_stops_the_other_within_seconds(tmp_path, corpus_and_t
   assert "process 1" in lines[0] and "other settings" in lines[0], lines
   print(f"both processes stopped {seconds:.1f} s after starting")
   assert seconds < 60, seconds
+
+
+class _Position:
+  """A data iterator's checkpointable position, as RunCheckpoints saves it."""
+
+  def __init__(self, at=0):
+    self.at = at
+
+  def get_state(self):
+    return {"at": self.at}
+
+  def set_state(self, state):
+    self.at = state["at"]
+
+
+def test_a_checkpoint_of_other_shapes_is_an_error_not_damage(tmp_path):
+  """Restoring into other shapes (other settings) names the parameter and both shapes and
+  moves nothing; the same shapes restore the saved values and position."""
+  import jax
+  import jax.numpy as jnp
+  from flaxbert.errors import FlaxbertError
+  from flaxbert.training.checkpoint import RunCheckpoints
+  from flaxbert.training.state import TrainState
+
+  def state(shape, value):
+    return TrainState(step=jnp.asarray(3, jnp.int32),
+                      params={"dense": {"kernel": jnp.full(shape, value, jnp.float32)}},
+                      opt_state=(), rng=jnp.zeros((2,), jnp.uint32))
+
+  directory = str(tmp_path / "checkpoints")
+  saver = RunCheckpoints(directory, async_save=False)
+  saver.save(3, state((2, 3), 1.5), _Position(7))
+  saver.close()
+  for _ in range(2):   # a second attempt finds the checkpoint where it was
+    with pytest.raises(FlaxbertError, match=r"dense/kernel has shape \(2, 3\) but this "
+                       r"run's is \(2, 4\)"):
+      RunCheckpoints(directory).restore(
+          jax.eval_shape(lambda: state((2, 4), 0.0)), _Position())
+    assert sorted(os.listdir(directory)) == ["3"]
+  position = _Position()
+  step, restored = RunCheckpoints(directory).restore(
+      jax.eval_shape(lambda: state((2, 3), 0.0)), position)
+  assert step == 3 and position.at == 7
+  assert float(restored.params["dense"]["kernel"][1, 2]) == 1.5

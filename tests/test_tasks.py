@@ -144,7 +144,7 @@ def test_missing_column(tmp_path, capsys):
   assert f"{tmp_path / 't.tsv'}:1: missing column 'sentence2'" in err
   (tmp_path / "u.tsv").write_text("sentence\tsentence1\nx\ty\n")
   err = _error(tmp_path, capsys, _ft("classify", tmp_path / "u.tsv", tmp_path / "u.tsv",
-                                     tmp_path))
+                                     tmp_path / "other"))
   assert "missing column" in err
 
 

@@ -40,7 +40,7 @@ class Bundle:
     return iter((self.model, self.params, self.tokenizer))
 
 
-def _this_process_only():
+def this_process_only():
   """Orbax options for a save or restore done by this process alone (bundles are written by
   one process; Orbax's default would wait for every process of a multi-host job)."""
   me = jax.process_index()
@@ -50,7 +50,7 @@ def _this_process_only():
 
 def save_params(path: str, params) -> None:
   """Writes host (numpy) parameters; multi-host callers gather them first."""
-  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process_only())
   checkpointer.save(os.path.abspath(path), jax.tree.map(np.asarray, params))
   checkpointer.wait_until_finished()
   checkpointer.close()
@@ -60,7 +60,7 @@ def restore_params(path: str, abstract_params):
   """Restores into the shapes/dtypes of `abstract_params`; a mismatch is a one-line error."""
   if not os.path.isdir(path):
     raise FlaxbertError(f"{path}: no such parameter checkpoint")
-  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process_only())
   try:
     stored = checkpointer.metadata(os.path.abspath(path))
     stored_tree = getattr(stored, "item_metadata", stored)

@@ -45,6 +45,7 @@ def check(cfg: PretrainConfig, mesh) -> None:
   if cfg.batch_size % jax.process_count():
     raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide among "
                         f"{jax.process_count()} processes")
+  model_config(cfg, cfg.vocab_size)   # a bad --config/--set or length: before any write
 
 
 def model_config(cfg: PretrainConfig, vocab_size: int) -> BertConfig:

@@ -24,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from flaxbert import multihost
+from flaxbert.bundle.store import this_process_only
 from flaxbert.errors import FlaxbertError, os_error_line
 
 log = logging.getLogger("flaxbert")
@@ -66,6 +67,20 @@ def os_failure(error: BaseException) -> OSError | str | None:
         return words
     error = error.__cause__ or error.__context__
   return None
+
+
+def _key(path) -> str:
+  """'params/bert/encoder/...' for a tree path, whether the tree holds dicts (a checkpoint's
+  metadata) or dataclass fields (the train state)."""
+  names = []
+  for entry in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(entry, attribute):
+        names.append(str(getattr(entry, attribute)))
+        break
+    else:
+      names.append(str(entry))
+  return "/".join(names)
 
 
 def _first_line(error: BaseException) -> str:
@@ -154,6 +169,9 @@ class RunCheckpoints:
       except FlaxbertError:
         raise
       except Exception as e:  # Orbax/TensorStore raise many types for a damaged checkpoint
+        if "not compatible with the stored shape" in str(e):
+          raise FlaxbertError(f"checkpoint {step} in {self.directory}: {_first_line(e)}: it "
+                              "was written by a run with other settings") from None
         failure = os_failure(e)
         if failure is not None:
           reason = (os_error_line(failure, path) if isinstance(failure, OSError)
@@ -174,8 +192,14 @@ class RunCheckpoints:
     """Structure and shapes of checkpoint `step` against the run's: a difference means other
     settings (an error), an unreadable metadata file means damage (moved aside)."""
     try:
-      metadata = self._manager.item_metadata(step)
-      stored = metadata["state"] if metadata is not None else None
+      # Read through a checkpointer of its own: a fresh manager knows no handler for the
+      # items yet and would answer None.
+      checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process_only())
+      try:
+        stored = checkpointer.metadata(os.path.join(path, "state"))
+      finally:
+        checkpointer.close()
+      stored = getattr(stored, "item_metadata", stored)
     except Exception as e:
       failure = os_failure(e)
       if failure is not None:
@@ -185,19 +209,17 @@ class RunCheckpoints:
       return   # damaged metadata: restore fails next and the checkpoint is moved aside
     if stored is None:
       return
-    want = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
     try:
-      have = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+      have = {_key(path): leaf for path, leaf in
+              jax.tree_util.tree_flatten_with_path(stored)[0]}
     except Exception:
       return
-    have_by_key = {jax.tree_util.keystr(k): v for k, v in have.items()}
-    for key_path, leaf in want:
-      key = jax.tree_util.keystr(key_path)
-      stored_leaf = have_by_key.get(key)
-      if stored_leaf is None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+      key = _key(path)
+      if key not in have:
         raise FlaxbertError(f"checkpoint {step} in {self.directory} has no {key}: it was "
                             "written by a run with other settings")
-      shape = getattr(stored_leaf, "shape", None)
+      shape = getattr(have[key], "shape", None)
       if shape is not None and tuple(shape) != tuple(leaf.shape):
         raise FlaxbertError(f"checkpoint {step} in {self.directory}: {key} has shape "
                             f"{tuple(shape)} but this run's is {tuple(leaf.shape)}: it was "

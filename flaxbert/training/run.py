@@ -128,9 +128,13 @@ def _check_identity(workdir: str, kind: str, identity: dict) -> dict:
     old = {k: v for k, v in record.get("run", {}).items() if k in identity}
   differences = _differences(old, identity)
   if differences:
-    raise FlaxbertError(f"{workdir}: was made with other settings ({'; '.join(differences)}); "
-                        "re-run with the original settings to resume, or use another "
-                        "--workdir (nothing was changed)")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    untrained = not (os.path.isdir(checkpoints)
+                     and any(n.isdigit() for n in os.listdir(checkpoints)))
+    raise FlaxbertError(
+        f"{workdir}: was made with other settings ({'; '.join(differences)}); re-run with the "
+        "original settings to resume, or use another --workdir"
+        + (" (no step was trained in it yet)" if untrained else "") + "; nothing was changed")
   record.update(kind=kind, identity=identity)
   return record
 
