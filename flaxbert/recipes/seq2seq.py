@@ -17,7 +17,6 @@ import random
 import time
 
 import jax
-import sacrebleu
 
 from flaxbert import bundle as bundle_lib
 from flaxbert import sharding
@@ -29,7 +28,7 @@ from flaxbert.jsonfile import read_json
 from flaxbert.models import encdec
 from flaxbert.models.encdec_config import EncDecConfig, get_config
 from flaxbert.recipes.configs import Seq2SeqConfig
-from flaxbert.tasks.seq2seq import translate, write_lines
+from flaxbert.tasks.seq2seq import read_texts, score, translate, write_lines
 from flaxbert.training import objectives, optim
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.state import host_params
@@ -61,22 +60,6 @@ def model_config(name: str, overrides, tokenizer, vocab_size: int | None = None
   return get_config(name, **dict(overrides)).replace(
       vocab_size=vocab, pad_token_id=tokenizer.pad_id, decoder_start_id=tokenizer.cls_id,
       eos_token_id=tokenizer.sep_id)
-
-
-def dev_pairs(path: str, limit: int | None = None) -> tuple[list[str], list[str]]:
-  sources, targets = [], []
-  for _, fields in readers.read_tsv(path, (2,)):
-    sources.append(fields[0])
-    targets.append(fields[1])
-    if limit is not None and len(sources) >= limit:
-      break
-  return sources, targets
-
-
-def score(hypotheses, references) -> dict:
-  """sacrebleu corpus BLEU and chrF (default settings: 13a tokenisation, chrF n=6 beta=2)."""
-  return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-          "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
 
 
 def real_tokens(batch: dict) -> int:
@@ -149,7 +132,10 @@ def finetune_seq2seq(cfg: Seq2SeqConfig) -> dict:
     tx = optim.make_optimizer(opt_cfg)
     objective = objectives.seq2seq(model, cfg.label_smoothing)
     eval_step = jax.jit(make_eval_step(objective))
-    sources, references = dev_pairs(cfg.dev, cfg.eval_examples)
+    sources, references = read_texts(cfg.dev)
+    if references is None:
+      raise FlaxbertError(f"{cfg.dev}: expected source<TAB>target pairs")
+    sources, references = sources[:cfg.eval_examples], references[:cfg.eval_examples]
     best_config = run.path("best", "config.json")
     best = {"bleu": read_json(best_config).get("dev_bleu", -1.0)
             if os.path.isfile(best_config) else -1.0}
