@@ -76,7 +76,7 @@ def test_gradient_accumulation_equals_the_large_batch():
   from flaxbert.models.config import BertConfig
   from flaxbert.models.factory import build_model, dummy_inputs
   from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim
+  from flaxbert.training import optim
   from flaxbert.training.state import create_train_state
   from flaxbert.training.step import make_train_step
   config = BertConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=2,
@@ -258,7 +258,7 @@ def test_bfloat16_and_float32_losses_agree_over_100_steps():
   from flaxbert.models.config import BertConfig
   from flaxbert.models.factory import build_model, dummy_inputs
   from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim
+  from flaxbert.training import optim
   from flaxbert.training.state import create_train_state
   from flaxbert.training.step import make_train_step
   mesh = mesh_lib.make_mesh(None)

@@ -16,7 +16,7 @@ def _losses(spec, steps=6):
   from flaxbert.models.encdec import EncDecModel, dummy_inputs
   from flaxbert.models.encdec_config import get_config
   from flaxbert import sharding as mesh_lib
-from flaxbert.training import optim, seq2seq_step
+  from flaxbert.training import optim, seq2seq_step
   from flaxbert.training.state import create_train_state
   model = EncDecModel(get_config("tiny", vocab_size=128, hidden_dropout=0.0))
   opt = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=steps)
