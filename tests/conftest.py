@@ -26,6 +26,25 @@ def minilm_dir():
   return path
 
 
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> str:
+  """The first ~40 chapters of the KJV corpus (BERT format)."""
+  from data_fixtures import head_lines, shared
+  return head_lines(shared("corpus", "kjv.txt"),
+                    str(tmp_path_factory.mktemp("corpus") / "kjv_head.txt"), 1300)
+
+
+@pytest.fixture(scope="session")
+def spm_dir(tmp_path_factory, small_corpus) -> str:
+  """An 800-piece SentencePiece model trained on small_corpus and some fine-tuning data."""
+  from data_fixtures import shared
+  from flaxbert.data.tokenizer import train_sentencepiece
+  directory = str(tmp_path_factory.mktemp("spm"))
+  train_sentencepiece([small_corpus, shared("sentiment", "dev.tsv"), shared("qa", "dev.json")],
+                      800, directory, max_sentences=20000)
+  return directory
+
+
 def write_vocab(path, size):
   """A WordPiece vocabulary of `size` distinct tokens: specials, letters, pairs of letters."""
   letters = "abcdefghijklmnopqrstuvwxyz"
@@ -88,3 +107,31 @@ def run_cli(*args, cwd=None):
   proc = subprocess.run([sys.executable, "-m", "flaxbert.cli", *map(str, args)],
                         capture_output=True, text=True, cwd=cwd, timeout=600)
   return proc.returncode, proc.stdout, proc.stderr
+
+
+def call_cli(*args):
+  """`flaxbert.cli.main` in this process, as `run_cli` would run it: (rc, stdout, stderr).
+
+  For tests about what a command does rather than about the process around it: each launch
+  of `python -m flaxbert.cli` pays ~10 s of imports before it starts. stderr holds what the
+  command printed there and the `flaxbert` loggers' records (INFO and up, one message a line,
+  as the CLI's logging setup writes them). A `FlaxbertError` gives rc 2 and its one line, as
+  in a process; any other exception propagates with its traceback."""
+  import contextlib
+  import io
+  import logging
+  from flaxbert import cli
+  out, err = io.StringIO(), io.StringIO()
+  handler = logging.StreamHandler(err)
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  logger = logging.getLogger("flaxbert")
+  level = logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      rc = cli.main([str(a) for a in args])
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+  return rc, out.getvalue(), err.getvalue()
