@@ -1,7 +1,9 @@
 """Shared fixtures: the real all-MiniLM-L6-v2 checkpoint and small random HF BERT checkpoints.
 
 The main test process keeps one CPU device; multi-device tests start subprocesses with
-XLA_FLAGS=--xla_force_host_platform_device_count=8.
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (the two 8-device sharding runs start at
+collection, see EIGHT_DEVICE_SCRIPTS). The session shares one JAX compilation cache with every
+process it starts; `call_cli` runs a CLI command in this process.
 """
 
 import atexit
@@ -188,8 +190,8 @@ def run_cli(*args, cwd=None):
 def call_cli(*args):
   """`flaxbert.cli.main` in this process, as `run_cli` would run it: (rc, stdout, stderr).
 
-  For tests about what a command does rather than about the process around it: each launch
-  of `python -m flaxbert.cli` pays ~10 s of imports before it starts. stderr holds what the
+  For tests about what a command does rather than about the process around it: a launch of
+  `python -m flaxbert.cli` pays its imports (seconds) before it starts. stderr holds what the
   command printed there and the `flaxbert` loggers' records (INFO and up, one message a line,
   as the CLI's logging setup writes them). A `FlaxbertError` gives rc 2 and its one line, as
   in a process; any other exception propagates with its traceback."""
