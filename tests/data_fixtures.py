@@ -1,16 +1,15 @@
-"""Shared fixtures for the data tests: a helper module imported by test_data_*.py and
-test_tokenizer.py (its name does not start with `test_`, so pytest does not collect it).
+"""Helpers for the data tests, imported by test_data_*.py and others (its name does not start
+with `test_`, so pytest does not collect it): the shared data's paths and small copies of it.
 
-A small SentencePiece model trained once per session on a slice of the KJV corpus, and small
-copies of the shipped datasets so every test prepares in well under a second.
+The fixtures built from them (`small_corpus`, and `spm_dir`: a small SentencePiece model
+trained on a slice of the KJV corpus) are in conftest.py, so that they are made once per
+session; a session fixture imported into several test modules is made once per module.
 """
 
 import itertools
 import os
 
 import pytest
-
-from flaxbert.data.tokenizer import train_sentencepiece
 
 SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                             "data"))
@@ -29,16 +28,12 @@ def head_lines(src: str, dst: str, n: int) -> str:
   return dst
 
 
+# For test modules that still import the fixtures from here: each stands for conftest.py's.
 @pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> str:
-  """The first ~40 chapters of the KJV corpus (BERT format)."""
-  return head_lines(shared("corpus", "kjv.txt"),
-                    str(tmp_path_factory.mktemp("corpus") / "kjv_head.txt"), 1300)
+def small_corpus(small_corpus) -> str:
+  return small_corpus
 
 
 @pytest.fixture(scope="session")
-def spm_dir(tmp_path_factory, small_corpus) -> str:
-  directory = str(tmp_path_factory.mktemp("spm"))
-  train_sentencepiece([small_corpus, shared("sentiment", "dev.tsv"), shared("qa", "dev.json")],
-                      800, directory, max_sentences=20000)
-  return directory
+def spm_dir(spm_dir) -> str:
+  return spm_dir

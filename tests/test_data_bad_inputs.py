@@ -8,7 +8,6 @@ import pytest
 from flaxbert.data import pipeline
 from flaxbert.data.tokenizer import train_sentencepiece
 from flaxbert.errors import FlaxbertError
-from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from flaxbert.data import pipeline
 from flaxbert.data.readers import SkipCounter, read_squad
 from flaxbert.data.tokenizer import load_tokenizer
-from data_fixtures import head_lines, shared, small_corpus, spm_dir  # noqa: F401
+from data_fixtures import head_lines, shared
 
 
 @pytest.fixture(scope="module")

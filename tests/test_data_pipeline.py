@@ -12,7 +12,6 @@ import pytest
 from flaxbert.data import pipeline
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
-from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__))))
 FIELDS = {"input_ids": ((4, 64), np.int32), "segment_ids": ((4, 64), np.int32),

@@ -8,7 +8,6 @@ import pytest
 from flaxbert.data import pretraining
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
-from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 
 def _documents(rng, count=30):

@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, call_cli
 
 TIMING = ("steps_per_s", "tokens_per_s")
 
@@ -48,11 +49,13 @@ def check_run(workdir, task, metric):
 
 
 def predict_and_evaluate(task, bundle, gold, predictions):
-  """`flaxbert predict` on the gold file, then `flaxbert evaluate` against it: the scores."""
-  rc, out, err = run_cli("predict", bundle, "--task", task, "--input", gold,
+  """`flaxbert predict` on the gold file, then `flaxbert evaluate` against it: the scores.
+  These and the fine-tuning runs below call the CLI in the test process (`call_cli`); only
+  the run that is killed is a process of its own."""
+  rc, out, err = call_cli("predict", bundle, "--task", task, "--input", gold,
                          "--output", predictions, "--quiet")
   assert rc == 0, err[-3000:]
-  rc, out, err = run_cli("evaluate", "--task", task, "--predictions", predictions,
+  rc, out, err = call_cli("evaluate", "--task", task, "--predictions", predictions,
                          "--gold", gold)
   assert rc == 0, err
   return json.loads(out)
@@ -60,19 +63,20 @@ def predict_and_evaluate(task, bundle, gold, predictions):
 
 def test_classify_sentiment_predict_evaluate(minilm_dir, tmp_path):
   w = tmp_path / "run"
-  rc, out, err = run_cli(*finetune("classify", w, minilm_dir, "--max-train-examples", "240",
+  rc, out, err = call_cli(*finetune("classify", w, minilm_dir, "--max-train-examples", "240",
                                    "--max-dev-examples", "100", "--epochs", "2",
                                    "--max-length", "48", "--batch-size", "16", "--lr", "1e-4"))
   assert rc == 0, err[-3000:]
   results = check_run(w, "classify", "accuracy")
   assert results["labels"] == ["negative", "neutral", "positive"]
   dev = results["dev_file"]
-  rc, out, err = run_cli("predict", w / "best", "--task", "classify", "--input", dev,
+  rc, out, err = call_cli("predict", w / "best", "--task", "classify", "--input", dev,
                          "--output", tmp_path / "pred.tsv", "--quiet")
   assert rc == 0, err[-3000:]
   assert open(tmp_path / "pred.tsv").readline().rstrip("\n").split("\t") == [
       "sentence", "label", "prediction"]
-  rc, out, err = run_cli("evaluate", "--task", "classify", "--predictions", tmp_path / "pred.tsv")
+  rc, out, err = call_cli("evaluate", "--task", "classify", "--predictions",
+                          tmp_path / "pred.tsv")
   assert rc == 0, err
   assert json.loads(out) == results["best"]["dev"]
 
@@ -88,7 +92,7 @@ def test_ner_f1_is_seqeval_on_written_predictions(minilm_dir, tmp_path):
   args = finetune("ner", w, minilm_dir, "--max-dev-examples", "100", "--epochs", "2",
                   "--max-length", "48", "--batch-size", "8", "--lr", "5e-4")
   args[args.index("--train") + 1] = tmp_path / "train.conll"
-  rc, out, err = run_cli(*args)
+  rc, out, err = call_cli(*args)
   assert rc == 0, err[-3000:]
   results = check_run(w, "ner", "f1")
   from seqeval.metrics import f1_score
@@ -101,7 +105,7 @@ def test_ner_f1_is_seqeval_on_written_predictions(minilm_dir, tmp_path):
 
 def test_qa_predict_evaluate(minilm_dir, tmp_path):
   w = tmp_path / "run"
-  rc, out, err = run_cli(*finetune("qa", w, minilm_dir, "--max-train-examples", "200",
+  rc, out, err = call_cli(*finetune("qa", w, minilm_dir, "--max-train-examples", "200",
                                    "--max-dev-examples", "50", "--epochs", "1",
                                    "--max-length", "96", "--doc-stride", "48",
                                    "--batch-size", "8", "--lr", "3e-4"))
@@ -115,28 +119,37 @@ def test_pair_classification_resumes_exactly_after_sigkill(minilm_dir, tmp_path)
   args = ["--max-train-examples", "96", "--max-dev-examples", "48", "--epochs", "1",
           "--max-length", "32", "--batch-size", "8", "--checkpoint-every", "3",
           "--sync-checkpoints", "--log-every", "1"]
-  reference = tmp_path / "reference"
-  rc, _, err = run_cli(*finetune("pairs", reference, minilm_dir, *args))
-  assert rc == 0, err[-3000:]
-  want = untimed(reference)
-  assert [r["step"] for r in want] == list(range(1, 13)) and "dev_accuracy" in want[-1]
-
+  # The run to be killed starts first, in a process of its own; a thread kills it once
+  # checkpoint 6 is committed and the run has gone on past it, while this process makes the
+  # uninterrupted reference run (the two share the two cores).
   workdir = tmp_path / "killed"
   proc = subprocess.Popen([sys.executable, "-m", "flaxbert.cli",
                            *map(str, finetune("pairs", workdir, minilm_dir, *args))],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None:
-    if ((workdir / "checkpoints" / "6").is_dir() and metrics.exists()
-        and len(metrics.read_text().splitlines()) >= 7):
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
+
+  def kill_past_checkpoint_6():
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+      if ((workdir / "checkpoints" / "6").is_dir() and metrics.exists()
+          and len(metrics.read_text().splitlines()) >= 7):
+        break
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+
+  killer = threading.Thread(target=kill_past_checkpoint_6, daemon=True)
+  killer.start()
+  reference = tmp_path / "reference"
+  rc, _, err = call_cli(*finetune("pairs", reference, minilm_dir, *args))
+  assert rc == 0, err[-3000:]
+  want = untimed(reference)
+  assert [r["step"] for r in want] == list(range(1, 13)) and "dev_accuracy" in want[-1]
+
+  killer.join(timeout=420)
   proc.communicate(timeout=60)
   assert proc.returncode == -signal.SIGKILL
   assert len(metrics.read_text().splitlines()) < 12, "finished before the kill"
-  rc, _, err = run_cli(*finetune("pairs", workdir, minilm_dir, *args))
+  rc, _, err = call_cli(*finetune("pairs", workdir, minilm_dir, *args))
   assert rc == 0, err[-3000:]
   assert "resuming from step" in err
   assert untimed(workdir) == want   # bitwise: floats compared exactly

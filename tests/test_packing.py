@@ -12,7 +12,6 @@ from flaxbert.models.config import BertConfig
 from flaxbert.models.factory import build_model, init_params
 from flaxbert.training import objectives
 from flaxbert.training.step import make_eval_step
-from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 
 def test_pack_rows_keeps_capacity_order_and_every_example():

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, run_cli
+from conftest import REPO, SHARED_DATA, call_cli, eight_device_run, run_cli
 
 LOSS_KEYS = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm",
              "learning_rate", "eval_loss", "eval_mlm_loss", "eval_mlm_accuracy")
@@ -34,6 +34,16 @@ def corpus_and_tokenizer(tmp_path_factory):
   return str(corpus), str(root / "tokenizer"), str(root / "prepared")
 
 
+@pytest.fixture(scope="module")
+def reference_run(corpus_and_tokenizer, tmp_path_factory):
+  """One uninterrupted 12-step run (in this process), the reference of the resume, export and
+  packing tests: its workdir and its logged losses."""
+  workdir = tmp_path_factory.mktemp("pretrain_reference") / "run"
+  rc, _, err = call_cli(*launcher_args(workdir, corpus_and_tokenizer, 12))
+  assert rc == 0, err
+  return workdir, losses(workdir)
+
+
 def launcher_args(workdir, inputs, steps=12, *extra):
   corpus, tokenizer, data_dir = inputs
   return ["pretrain", "--workdir", workdir, "--corpus", corpus, "--tokenizer", tokenizer,
@@ -48,12 +58,10 @@ def losses(workdir):
 
 
 def test_sharded_meshes_match_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "workers",
-                                                      "sharding_losses.py")],
-                        capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  # tests/workers/sharding_losses.py with 8 host devices, started at collection (conftest.py).
+  rc, out, err = eight_device_run(os.path.join("tests", "workers", "sharding_losses.py"))
+  assert rc == 0, err[-3000:]
+  results = json.loads(out.strip().splitlines()[-1])
   reference = np.array(results.pop("None")["losses"])
   packed_reference = np.array(results.pop("packed:None")["losses"])
   assert len(reference) == 10 and reference[-1] < reference[0]
@@ -103,36 +111,49 @@ def test_gradient_accumulation_equals_the_large_batch():
     np.testing.assert_allclose(a, b, atol=2e-6)
 
 
-def test_resume_after_sigkill_and_sigterm_is_exact(corpus_and_tokenizer, tmp_path):
-  reference = tmp_path / "reference"
-  rc, _, err = run_cli(*launcher_args(reference, corpus_and_tokenizer, 12))
-  assert rc == 0, err
-  want = losses(reference)
+def test_resume_after_sigkill_and_sigterm_is_exact(corpus_and_tokenizer, reference_run,
+                                                   tmp_path):
+  reference, want = reference_run
   assert [r["step"] for r in want] == list(range(1, 13))
   assert want[-1]["mlm_loss"] < want[0]["mlm_loss"]
   assert os.path.isdir(reference / "bundle" / "params")
 
-  for sig, expected_rc in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143)):
+  # Both runs to be killed start together (each pays its imports and compiles at once); each
+  # is killed once checkpoint 4 is committed and the run has gone on past it.
+  signals = ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143))
+  runs = {}
+  for sig, _ in signals:
     workdir = tmp_path / f"killed_{sig.name}"
     cmd = [sys.executable, "-m", "flaxbert.cli",
            *map(str, launcher_args(workdir, corpus_and_tokenizer, 12))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-      # Kill once checkpoint 4 is committed and the run has gone on past it.
-      if ((workdir / "checkpoints" / "4").is_dir() and metrics.exists()
+    runs[sig] = (workdir, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           text=True))
+  pending = set(runs)
+  deadline = time.time() + 300
+  while pending and time.time() < deadline:
+    for sig in list(pending):
+      workdir, proc = runs[sig]
+      metrics = workdir / "metrics.jsonl"
+      if proc.poll() is not None or (
+          (workdir / "checkpoints" / "4").is_dir() and metrics.exists()
           and len(metrics.read_text().splitlines()) >= 6):
-        break
-      time.sleep(0.05)
-    proc.send_signal(sig)
+        proc.send_signal(sig)
+        pending.discard(sig)
+    time.sleep(0.05)
+  for sig in pending:
+    runs[sig][1].send_signal(sig)
+
+  for sig, expected_rc in signals:
+    workdir, proc = runs[sig]
+    metrics = workdir / "metrics.jsonl"
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == expected_rc, (sig, proc.returncode, err[-2000:])
     if sig == signal.SIGTERM:
       assert "stopped by SIGTERM" in out
     stopped_at = len(metrics.read_text().splitlines())
     assert stopped_at < 12, "the run finished before it was killed; the test proves nothing"
-    rc, _, err = run_cli(*launcher_args(workdir, corpus_and_tokenizer, 12))
+    # The resume is the same command, run here in the test process.
+    rc, _, err = call_cli(*launcher_args(workdir, corpus_and_tokenizer, 12))
     assert rc == 0, err
     assert "resuming from step" in err
     assert losses(workdir) == want, sig  # bitwise: floats compared exactly
@@ -188,9 +209,9 @@ def test_two_processes_match_one(corpus_and_tokenizer, tmp_path):
 
 def test_non_finite_loss_stops_with_the_step_named(corpus_and_tokenizer, tmp_path):
   workdir = tmp_path / "nan"
-  rc, _, err = run_cli(*launcher_args(workdir, corpus_and_tokenizer, 40, "--lr", "1e9",
-                                      "--clip-norm", "0", "--warmup-steps", "0",
-                                      "--sync-checkpoints"))
+  rc, _, err = call_cli(*launcher_args(workdir, corpus_and_tokenizer, 40, "--lr", "1e9",
+                                       "--clip-norm", "0", "--warmup-steps", "0",
+                                       "--sync-checkpoints"))
   assert rc == 2, err
   line = err.strip().splitlines()[-1]
   assert line.startswith("flaxbert: error: loss is") and "at step" in line
@@ -199,11 +220,9 @@ def test_non_finite_loss_stops_with_the_step_named(corpus_and_tokenizer, tmp_pat
   assert all(s < step for s in saved)
 
 
-def test_export_and_bad_settings(corpus_and_tokenizer, tmp_path):
-  workdir = tmp_path / "run"
-  rc, _, err = run_cli(*launcher_args(workdir, corpus_and_tokenizer, 4))
-  assert rc == 0, err
-  rc, _, err = run_cli("export", workdir, "--out", tmp_path / "exported")
+def test_export_and_bad_settings(corpus_and_tokenizer, reference_run, tmp_path):
+  workdir, _ = reference_run
+  rc, _, err = call_cli("export", workdir, "--out", tmp_path / "exported")
   assert rc == 0, err
   import flaxbert
   final = flaxbert.load(str(workdir / "bundle"))
@@ -216,7 +235,7 @@ def test_export_and_bad_settings(corpus_and_tokenizer, tmp_path):
                          (["--batch-size", "0"], "must be positive"),
                          (["--seq-len", "100"], "exceeds the model's 64 positions"),
                          (["--set", "num_heads=5"], "not divisible")):
-    rc, _, err = run_cli(*launcher_args(tmp_path / "bad", corpus_and_tokenizer, 4), *extra)
+    rc, _, err = call_cli(*launcher_args(tmp_path / "bad", corpus_and_tokenizer, 4), *extra)
     assert rc == 2 and message in err and "Traceback" not in err, (extra, err[-2000:])
 
 
@@ -241,18 +260,18 @@ def test_ahead_of_time_compile_report():
   assert packed["model_flops_per_step"] == report["model_flops_per_step"]
 
 
-def test_packed_pretraining_run(corpus_and_tokenizer, tmp_path):
+def test_packed_pretraining_run(corpus_and_tokenizer, reference_run, tmp_path):
   """`--pack` trains end to end. At --seq-len 32 every stored pair fills its row, so the
   packed rows hold one pair each, in the same order: the packed path (block-diagonal mask,
   restarted positions, pooled vectors gathered at [CLS]) must then give the plain losses."""
-  runs = {}
-  for name, extra in (("plain", []), ("packed", ["--pack"])):
-    workdir = tmp_path / name
-    rc, out, err = run_cli(*launcher_args(workdir, corpus_and_tokenizer, 8), *extra)
-    assert rc == 0, err
-    runs[name] = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  plain, _ = reference_run
+  workdir = tmp_path / "packed"
+  rc, out, err = call_cli(*launcher_args(workdir, corpus_and_tokenizer, 12), "--pack")
+  assert rc == 0, err
+  runs = {name: [json.loads(line) for line in open(w / "metrics.jsonl")]
+          for name, w in (("plain", plain), ("packed", workdir))}
   packed = runs["packed"]
-  assert [r["step"] for r in packed] == list(range(1, 9))
+  assert [r["step"] for r in packed] == list(range(1, 13))
   assert packed[-1]["mlm_loss"] < packed[0]["mlm_loss"]
   assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in packed)
   for a, b in zip(packed, runs["plain"]):

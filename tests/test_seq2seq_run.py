@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import sacrebleu
 
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, call_cli
 
 
 def _head(src, dst, lines):
@@ -29,7 +29,7 @@ def test_pretrain_finetune_predict(tmp_path):
   _head(os.path.join(SHARED_DATA, "translation", "examples_dev.tsv"), dev, 41)
 
   pre = tmp_path / "pre"
-  rc, out, err = run_cli("pretrain", "--model", "encdec", "--workdir", pre, "--corpus", corpus,
+  rc, out, err = call_cli("pretrain", "--model", "encdec", "--workdir", pre, "--corpus", corpus,
                          "--eval-corpus", held_out,
                          "--vocab-size", 400, "--steps", 6, "--batch-size", 8, "--seq-len", 32,
                          "--eval-every", 6, "--eval-batches", 1, "--quiet")
@@ -40,7 +40,7 @@ def test_pretrain_finetune_predict(tmp_path):
   assert last["step"] == 6 and "eval_loss" in last
 
   run = tmp_path / "ft"
-  rc, out, err = run_cli("finetune", "seq2seq", "--train", train, "--dev", dev, "--workdir", run,
+  rc, out, err = call_cli("finetune", "seq2seq", "--train", train, "--dev", dev, "--workdir", run,
                          "--init", pre / "bundle", "--steps", 8, "--batch-size", 8,
                          "--eval-every", 4, "--beam", 2, "--max-source-length", 24,
                          "--max-target-length", 24, "--quiet")
@@ -60,7 +60,7 @@ def test_pretrain_finetune_predict(tmp_path):
     assert final[f"dev_chrf_{name}"] == sacrebleu.corpus_chrf(hyps, [references]).score
   assert os.path.isfile(run / "best" / "config.json")
   # The run's last checkpoint exported as a bundle equals the bundle the run wrote.
-  rc, out, err = run_cli("export", run, "--out", tmp_path / "exported")
+  rc, out, err = call_cli("export", run, "--out", tmp_path / "exported")
   assert rc == 0, err[-2000:]
   from flaxbert import bundle as bundle_lib
   exported = bundle_lib.load_encdec_bundle(tmp_path / "exported")
@@ -72,14 +72,14 @@ def test_pretrain_finetune_predict(tmp_path):
   sources = tmp_path / "sources.txt"
   sources.write_text("food chain\nwalk-in clinics\n\nburner gas\n", encoding="utf-8")
   out_file = tmp_path / "out.txt"
-  rc, out, err = run_cli("predict", run / "bundle", "--task", "seq2seq", "--input", sources,
+  rc, out, err = call_cli("predict", run / "bundle", "--task", "seq2seq", "--input", sources,
                          "--output", out_file, "--beam", 2, "--max-output-length", 16)
   assert rc == 0, err[-2000:]
   assert len(out_file.read_text(encoding="utf-8").splitlines()) == 4
 
-  rc, out, err = run_cli("predict", run / "bundle", "--task", "seq2seq", "--input",
+  rc, out, err = call_cli("predict", run / "bundle", "--task", "seq2seq", "--input",
                          tmp_path / "missing.txt", "--output", out_file)
   assert rc == 2 and "missing.txt: no such file" in err and "Traceback" not in err
-  rc, out, err = run_cli("finetune", "seq2seq", "--train", tmp_path / "nope.tsv", "--dev", dev,
+  rc, out, err = call_cli("finetune", "seq2seq", "--train", tmp_path / "nope.tsv", "--dev", dev,
                          "--workdir", tmp_path / "bad", "--quiet")
   assert rc == 2 and "nope.tsv" in err and "Traceback" not in err

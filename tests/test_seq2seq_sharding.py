@@ -3,8 +3,6 @@ file as a subprocess with 8 host devices; run directly it prints per-mesh losses
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
@@ -44,13 +42,11 @@ def _losses(spec, steps=6):
 
 
 def test_sharded_meshes_match_one_device():
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=repo)
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True,
-                        text=True, env=env, timeout=900, cwd=repo)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  # This file run with 8 host devices, started at collection (conftest.py).
+  from conftest import eight_device_run
+  rc, out, err = eight_device_run(os.path.join("tests", "test_seq2seq_sharding.py"))
+  assert rc == 0, err[-3000:]
+  results = json.loads(out.strip().splitlines()[-1])
   reference = np.array(results.pop("None"))
   assert reference[-1] < reference[0]
   for mesh, losses in results.items():

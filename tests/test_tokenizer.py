@@ -7,7 +7,6 @@ import pytest
 from flaxbert.data.tokenizer import (SPECIAL_TOKENS, WordPieceTokenizer, load_tokenizer,
                                      train_sentencepiece)
 from flaxbert.errors import FlaxbertError
-from data_fixtures import small_corpus, spm_dir  # noqa: F401  (fixtures)
 
 WORDS = ["the", "cat", "sat", "on", "mat", "un", "##aff", "##able", "##s", ",", ".", "é"]
 
