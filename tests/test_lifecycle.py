@@ -16,10 +16,9 @@ import time
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, call_cli
 from test_pretrain import TINY, corpus_and_tokenizer, launcher_args, losses  # noqa: F401
 
-import flaxbert.cli
 from flaxbert.bundle import store
 
 
@@ -40,18 +39,17 @@ def one_error_line(err):
   return lines[0]
 
 
-def main_in_process(args, capsys):
-  """The `flaxbert` entry point in this process (cheaper than a subprocess per case)."""
-  capsys.readouterr()
-  rc = flaxbert.cli.main([str(a) for a in args])
-  return rc, capsys.readouterr().err
+def main_in_process(args, capsys=None):
+  """(rc, stderr) of the `flaxbert` command run in this process."""
+  rc, _, err = call_cli(*args)
+  return rc, err
 
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory, corpus_and_tokenizer):
   """A 4-step pretraining run (checkpoint at step 4), made once for the cases below."""
   workdir = tmp_path_factory.mktemp("lifecycle") / "run"
-  rc, _, err = run_cli(*launcher_args(workdir, corpus_and_tokenizer, 4, "--sync-checkpoints"))
+  rc, _, err = call_cli(*launcher_args(workdir, corpus_and_tokenizer, 4, "--sync-checkpoints"))
   assert rc == 0, err
   return workdir
 
