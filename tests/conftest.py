@@ -7,6 +7,7 @@ process it starts; `call_cli` runs a CLI command in this process.
 """
 
 import atexit
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -157,6 +158,14 @@ def make_hf_checkpoint(directory, architecture="BertForPreTraining", seed=0, **c
 
 
 @pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+  """A random 2-layer BertForPreTraining (hidden 96), for the serving and artefact tests."""
+  directory = str(tmp_path_factory.mktemp("tiny_hf"))
+  make_hf_checkpoint(directory, num_hidden_layers=2, seed=3)
+  return directory
+
+
+@pytest.fixture(scope="session")
 def hf_pretraining_dir(tmp_path_factory):
   """Random BertForPreTraining with an unusual shape (3 layers, hidden 96, 4 heads, FFN 200)."""
   directory = str(tmp_path_factory.mktemp("hf_pretraining"))
@@ -177,6 +186,17 @@ def random_batch(rng, batch, length, vocab, pad_tail=True):
   segments[:, length // 2:] = 1
   segments *= mask
   return ids, segments, mask
+
+
+def snapshot(directory):
+  """Every file under `directory` with a digest of its bytes: to prove nothing changed."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return files
 
 
 def run_cli(*args, cwd=None):

@@ -20,16 +20,9 @@ from flaxbert.errors import FlaxbertError
 from flaxbert.inference.serving import export_serving
 from flaxbert.inference.serving_manifest import manifest_digest, sha256_file
 from flaxbert.models.factory import build_model, init_params
-from conftest import make_hf_checkpoint, random_batch, run_cli
+from conftest import make_hf_checkpoint, random_batch, run_cli, snapshot
 
 LABELS = ["negative", "neutral", "positive"]
-
-
-@pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tiny_hf"))
-  make_hf_checkpoint(directory, num_hidden_layers=2, seed=4)
-  return directory
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +35,6 @@ def classifier(tiny_hf):
   params["bert"] = base.params["bert"]
   return bundle_lib.Bundle(model, params, base.tokenizer, base.config, "classification",
                            LABELS)
-
-
-def snapshot(directory):
-  """Every file under `directory` with its bytes: to prove nothing changed."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        files[os.path.relpath(path, directory)] = f.read()
-  return files
 
 
 def assert_one_line_error(rc, err, *fragments):

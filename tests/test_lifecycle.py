@@ -4,7 +4,6 @@ workdir unchanged."""
 
 import errno
 import fcntl
-import hashlib
 import os
 import shlex
 import signal
@@ -16,21 +15,10 @@ import time
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import SHARED_DATA, call_cli
+from conftest import SHARED_DATA, call_cli, snapshot
 from test_pretrain import TINY, corpus_and_tokenizer, launcher_args, losses  # noqa: F401
 
 from flaxbert.bundle import store
-
-
-def snapshot(directory):
-  """Every file under `directory` with its size and content digest."""
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def one_error_line(err):

@@ -15,17 +15,10 @@ from flaxbert.errors import FlaxbertError
 from flaxbert import bundle as bundle_lib
 from flaxbert.inference.serving import export_serving
 from flaxbert.models.factory import build_model, init_params
-from conftest import REPO, make_hf_checkpoint, random_batch, run_cli
+from conftest import REPO, random_batch, run_cli
 
 HEADS = [("encoder", None), ("classification", 3), ("tagging", 5), ("span_qa", None),
          ("pretraining", None)]
-
-
-@pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tiny_hf"))
-  make_hf_checkpoint(directory, num_hidden_layers=2, seed=3)
-  return directory
 
 
 @pytest.fixture(scope="module")
