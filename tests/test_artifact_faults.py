@@ -20,7 +20,7 @@ from flaxbert.errors import FlaxbertError
 from flaxbert.inference.serving import export_serving
 from flaxbert.inference.serving_manifest import manifest_digest, sha256_file
 from flaxbert.models.factory import build_model, init_params
-from conftest import make_hf_checkpoint, random_batch, run_cli, snapshot
+from conftest import random_batch, run_cli, snapshot
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
 
 from conftest import SHARED_DATA, call_cli
 

@@ -5,7 +5,6 @@ import importlib.util
 import os
 
 import numpy as np
-import pytest
 
 from conftest import REPO, SHARED_DATA
 from flaxbert.inference import quantize

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from flaxbert.commands.flags import add_config_arguments, config_from_args
-from flaxbert.errors import FlaxbertError
 from flaxbert.recipes.configs import PretrainConfig
 
 
