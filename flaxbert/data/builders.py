@@ -298,9 +298,10 @@ def prepare(builder_class: type[_FlaxbertBuilder], *, sources: dict[str, Sequenc
                           **settings)
   with _lock(os.path.join(data_dir, f"{builder.name}-{builder.builder_config.name}.lock")):
     # Made again under the lock: a builder reads the dataset's info when it is made, so one
-    # made while another process was still preparing would see no splits.
+    # made while another process was still preparing would see no splits. The hash made
+    # above is passed on, so the source files are not read a second time.
     builder = builder_class(sources=sources, tokenizer_dir=tokenizer_dir, data_dir=data_dir,
-                            **settings)
+                            config_name=builder.builder_config.name, **settings)
     if not builder.is_prepared():
       log.info("preparing %s in %s", builder.name, builder.data_dir)
       # TFDS prints banners and progress bars of its own; our log lines above and the example
