@@ -110,15 +110,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     tx = optim.make_optimizer(opt_cfg)
     objective = objectives.pretraining(model)
     eval_step = jax.jit(make_eval_step(objective))
-    # Both datasets are prepared by process 0 first; later evaluations reuse them.
+    # Both datasets are prepared by process 0 first.
     train_data = run.prepare(
         lambda: batches(cfg, run.workdir, train_files, tokenizer_dir, cfg.seed), "train-data")
-    run.prepare(lambda: batches(cfg, run.workdir, eval_files, tokenizer_dir, cfg.seed + 1),
-                "eval-data")
+    held_out = run.prepare(
+        lambda: batches(cfg, run.workdir, eval_files, tokenizer_dir, cfg.seed + 1), "eval-data")
+    held_out_start = held_out.get_state()
 
     def evaluate(params, step):
-      # The same held-out batches at every evaluation.
-      held_out = batches(cfg, run.workdir, eval_files, tokenizer_dir, cfg.seed + 1)
+      held_out.set_state(held_out_start)   # the same held-out batches at every evaluation
       return run.evaluate_sums(eval_step, params,
                                (next(held_out) for _ in range(cfg.eval_batches)),
                                objective.summarise, "eval_")

@@ -51,12 +51,13 @@ def pretrain_encdec(cfg: PretrainConfig) -> dict:
           seed=seed)
 
     train_data = run.prepare(lambda: batches(train_files, cfg.seed), "train-data")
-    run.prepare(lambda: batches(eval_files, cfg.seed + 1), "eval-data")
+    held_out = run.prepare(lambda: batches(eval_files, cfg.seed + 1), "eval-data")
+    held_out_start = held_out.get_state()
     objective = objectives.seq2seq(model, 0.0)
     eval_step = jax.jit(make_eval_step(objective))
 
     def evaluate(params, step):
-      held_out = batches(eval_files, cfg.seed + 1)   # the same batches at every evaluation
+      held_out.set_state(held_out_start)   # the same held-out batches at every evaluation
       return run.evaluate_sums(eval_step, params,
                                (next(held_out) for _ in range(cfg.eval_batches)),
                                objective.summarise, "eval_")
