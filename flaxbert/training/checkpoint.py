@@ -130,30 +130,25 @@ class RunCheckpoints:
     except OSError:
       return
     if free < needed:
-      good = self._good_steps()
-      kept = (f"the last good checkpoint (step {max(good)}) is kept" if good
-              else "no checkpoint was written yet")
       raise FlaxbertError(
           f"cannot write checkpoint {step}: {self.directory}: {os.strerror(errno.ENOSPC)} "
           f"(it needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free); "
-          f"{kept}")
+          f"{self._kept()}")
 
   def _save_error(self, error: BaseException, step: int | None) -> FlaxbertError:
     """One line for a failed save: the path, the OS reason, the checkpoint still good."""
-    failure = os_failure(error)
-    good = self._good_steps()
     where = f"checkpoint {step}" if step is not None else "a checkpoint"
-    reason = (os_error_line(failure, self.directory) if isinstance(failure, OSError)
-              else f"{self.directory}: {failure or _first_line(error)}")
-    kept = (f"the last good checkpoint (step {max(good)}) is kept" if good
-            else "no checkpoint was written yet")
-    return FlaxbertError(f"cannot write {where}: {reason}; {kept}")
+    reason = os_error_line(os_failure(error) or _first_line(error), self.directory)
+    return FlaxbertError(f"cannot write {where}: {reason}; {self._kept()}")
 
-  def _good_steps(self) -> list[int]:
+  def _kept(self) -> str:
+    """What a failed save leaves: the newest committed checkpoint, if any."""
     try:
-      return [int(n) for n in os.listdir(self.directory) if n.isdigit()]
+      good = [int(n) for n in os.listdir(self.directory) if n.isdigit()]
     except OSError:
-      return []
+      good = []
+    return (f"the last good checkpoint (step {max(good)}) is kept" if good
+            else "no checkpoint was written yet")
 
   def restore(self, abstract_state, data_iterator):
     """(step, state) of the newest readable checkpoint, the iterator moved to its position;
@@ -174,10 +169,9 @@ class RunCheckpoints:
                               "was written by a run with other settings") from None
         failure = os_failure(e)
         if failure is not None:
-          reason = (os_error_line(failure, path) if isinstance(failure, OSError)
-                    else f"{path}: {failure}")
-          raise FlaxbertError(f"cannot read checkpoint {step}: {reason}; nothing was changed, "
-                              "re-run when the storage is healthy") from None
+          raise FlaxbertError(f"cannot read checkpoint {step}: {os_error_line(failure, path)}; "
+                              "nothing was changed, re-run when the storage is healthy") \
+              from None
         self._move_aside(step, path, _first_line(e))
         continue
       return step, restored["state"]
@@ -203,9 +197,8 @@ class RunCheckpoints:
     except Exception as e:
       failure = os_failure(e)
       if failure is not None:
-        reason = (os_error_line(failure, path) if isinstance(failure, OSError)
-                  else f"{path}: {failure}")
-        raise FlaxbertError(f"cannot read checkpoint {step}: {reason}") from None
+        raise FlaxbertError(f"cannot read checkpoint {step}: {os_error_line(failure, path)}") \
+            from None
       return   # damaged metadata: restore fails next and the checkpoint is moved aside
     if stored is None:
       return
