@@ -95,11 +95,10 @@ def is_multiprocess() -> bool:
 def fail(message: str) -> None:
   """Posts this process's failure for the others (multi-process runs only). The caller prints
   its own line and exits."""
-  client = _client()
-  if client is None or not is_multiprocess():
+  if not is_multiprocess():
     return
   try:
-    client.key_value_set(ABORT_KEY, f"process {jax.process_index()}: {message}")
+    _client().key_value_set(ABORT_KEY, f"process {jax.process_index()}: {message}")
   except Exception:
     pass   # another process failed first: its message is already posted
 

@@ -17,10 +17,12 @@ PRETRAINING_INPUTS = BERT_INPUTS + ("masked_positions",)
 PACKED_INPUTS = ("position_ids", "nsp_positions")   # packed rows only (data/packing.py)
 
 
-def _apply(model: nn.Module, params, inputs: dict, key):
+def _apply(model: nn.Module, params, key, *args, **inputs):
+  """The model's forward pass: deterministic without a key, with dropout from it."""
   if key is None:
-    return model.apply({"params": params}, **inputs, deterministic=True)
-  return model.apply({"params": params}, **inputs, deterministic=False, rngs={"dropout": key})
+    return model.apply({"params": params}, *args, **inputs, deterministic=True)
+  return model.apply({"params": params}, *args, **inputs, deterministic=False,
+                     rngs={"dropout": key})
 
 
 def pretraining_inputs(batch):
@@ -31,7 +33,7 @@ def pretraining(model: nn.Module) -> Objective:
   """BERT's MLM + NSP, each normalised by the global batch's totals."""
   return Objective(
       sums=lambda params, batch, key: losses.pretraining_sums(
-          _apply(model, params, pretraining_inputs(batch), key), batch),
+          _apply(model, params, key, **pretraining_inputs(batch)), batch),
       totals=losses.pretraining_totals, loss=losses.pretraining_loss,
       summarise=losses.summarise_pretraining)
 
@@ -40,7 +42,7 @@ def finetuning(model: nn.Module, head: str) -> Objective:
   """A fine-tuning head's loss (cross-entropy, MSE, token or span), weighted per example."""
   return Objective(
       sums=lambda params, batch, key: losses.head_sums(
-          head, _apply(model, params, {k: batch[k] for k in BERT_INPUTS}, key), batch),
+          head, _apply(model, params, key, **{k: batch[k] for k in BERT_INPUTS}), batch),
       totals=lambda batch: {"weight": jnp.maximum(jnp.sum(losses.head_weights(head, batch)), 1.0)},
       loss=lambda sums, totals: sums["loss"] / totals["weight"],
       summarise=losses.summarise_head(head))
@@ -51,9 +53,8 @@ def seq2seq(model: nn.Module, label_smoothing: float = 0.0) -> Objective:
 
   def sums(params, batch, key):
     decoder_input = shift_right(batch["target_ids"], model.config.decoder_start_id)
-    rngs = None if key is None else {"dropout": key}
-    logits = model.apply({"params": params}, batch["source_ids"], batch["source_mask"],
-                         decoder_input, deterministic=key is None, rngs=rngs)["logits"]
+    logits = _apply(model, params, key, batch["source_ids"], batch["source_mask"],
+                    decoder_input)["logits"]
     return losses.seq2seq_sums(logits, batch, label_smoothing)
 
   return Objective(

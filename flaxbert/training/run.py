@@ -31,7 +31,6 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from flaxbert import bundle as bundle_lib
@@ -225,8 +224,7 @@ class Run:
     host = host_params(params) if on_devices else params
     out = self.path(name)
     if self.is_main:
-      bundle_lib.replace(out, dataclasses.replace(
-          bundle, params=jax.tree.map(np.asarray, host)), extra, files)
+      bundle_lib.replace(out, dataclasses.replace(bundle, params=host), extra, files)
     return out
 
 
@@ -306,7 +304,7 @@ def export_workdir(workdir: str, out: str) -> str:
     config = BertConfig.from_dict(model_config)
     head = record.get("head", "pretraining")
     model = build_model(config, head, record.get("num_labels"))
-  params = jax.tree.map(np.asarray, _latest_params(workdir))
+  params = _latest_params(workdir)
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
   bundle_lib.save(out, bundle_lib.Bundle(model, params, tokenizer, config, head,
                                          record.get("labels")))
