@@ -25,7 +25,7 @@ from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models.factory import dummy_inputs
 from flaxbert.recipes.configs import FinetuneConfig
-from flaxbert.tasks import predict as predict_lib
+from flaxbert.tasks import predict as predict_lib, registry
 from flaxbert.training import objectives, optim
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.step import make_train_step
@@ -36,7 +36,7 @@ log = logging.getLogger("flaxbert")
 # --- inputs ----------------------------------------------------------------------------------
 
 def _check(cfg: FinetuneConfig, mesh) -> None:
-  if cfg.spec.head == "seq2seq":   # an encoder-decoder run: recipes/seq2seq.py
+  if registry.get(cfg.task, cfg.regression).head == "seq2seq":   # recipes/seq2seq.py
     raise FlaxbertError("seq2seq fine-tuning is `flaxbert finetune seq2seq`")
   if cfg.epochs <= 0 or cfg.batch_size < 1 or cfg.max_seq_length < 8:
     raise FlaxbertError("--epochs and --batch-size must be positive and --max-length at least 8")
@@ -81,7 +81,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
 def _finetune(run: Run) -> dict:
   cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
-  task = cfg.spec
+  task = registry.get(cfg.task, cfg.regression)
   prepared = run.prepare(lambda: task.prepare_files(
       cfg.train, cfg.dev, cfg.workdir, max_train_examples=cfg.max_train_examples,
       max_dev_examples=cfg.max_dev_examples, seed=cfg.seed), "files")
@@ -97,9 +97,7 @@ def _finetune(run: Run) -> dict:
                            num_labels=len(labels) if labels else None, labels=labels,
                            seed=cfg.seed)
   bundle.labels = labels
-  if cfg.max_seq_length > bundle.config.max_position_embeddings:
-    raise FlaxbertError(f"--max-length {cfg.max_seq_length} exceeds the model's "
-                        f"{bundle.config.max_position_embeddings} positions")
+  task.for_bundle(bundle, cfg.init, settings)   # the head and the length the bundle takes
   tokenizer_dir = run.tokenizer(copy_from=cfg.init)
   run.record(model="bert", head=cfg.head, num_labels=getattr(bundle.model, "num_labels", None),
              labels=labels, model_config=bundle.config.to_dict())
