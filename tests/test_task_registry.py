@@ -49,8 +49,10 @@ def test_names_fields_and_unknown_task(tmp_path, capsys):
   from flaxbert.recipes.finetune import FinetuneConfig
   cfg = FinetuneConfig(task="classify", train="t", dev="d", init="i", workdir="w",
                        regression=True)
-  assert (cfg.spec.name, cfg.head, cfg.data_task, cfg.metric) == (
-      "regression", "regression", "regression", "pearson")
+  task = registry.get(cfg.task, cfg.regression)
+  assert (task.name, cfg.task_name, cfg.head, cfg.data_task, cfg.metric) == (
+      "regression", "regression", "regression", "regression", "pearson")
+  assert (task.head, task.data, task.metric) == (cfg.head, cfg.data_task, cfg.metric)
 
 
 def test_dev_label_check_names_the_dev_line(tmp_path):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flaxbert.tasks import registry
+from flaxbert.tasks import SPECS
 from flaxbert.training import optim
 
 # The BERT fine-tuning commands (seq2seq is the encoder-decoder's, with its own config).
@@ -193,21 +193,21 @@ class FinetuneConfig:
   progress: bool = shared("progress", True)
 
   @property
-  def spec(self) -> registry.Task:
-    """The registry's task (classify with --regression is the regression task)."""
-    return registry.get(self.task, self.regression)
-
-  @property
-  def data_task(self) -> str:
-    return self.spec.data
+  def task_name(self) -> str:
+    """The task's one name (classify with --regression is the regression task)."""
+    return "regression" if self.regression else self.task
 
   @property
   def head(self) -> str:
-    return self.spec.head
+    return SPECS[self.task_name][0]
+
+  @property
+  def data_task(self) -> str:
+    return SPECS[self.task_name][1]
 
   @property
   def metric(self) -> str:
-    return self.spec.metric
+    return SPECS[self.task_name][2]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,14 @@ seq2seq.py: source<TAB>target files, translation, sacrebleu BLEU/chrF.
 predict.py: `flaxbert predict` / `flaxbert evaluate` for every task through the registry.
 """
 
-# The registry's task names, in its order, here so that the CLI can list them without
-# importing the models (tests/test_tasks.py checks they match registry.TASKS).
-NAMES = ("classify", "regression", "ner", "qa", "seq2seq")
+# What the CLI and the run configs need to know of each task, here so that they need not
+# import the task machinery (models, scipy, seqeval, sacrebleu): name -> (model head, data
+# builder, main metric), in the registry's order. registry.py makes its Task objects from it.
+SPECS = {
+    "classify": ("classification", "classification", "accuracy"),
+    "regression": ("regression", "regression", "pearson"),
+    "ner": ("tagging", "tagging", "f1"),
+    "qa": ("span_qa", "squad", "f1"),
+    "seq2seq": ("seq2seq", "seq2seq", "bleu"),
+}
+NAMES = tuple(SPECS)

@@ -28,7 +28,7 @@ import numpy as np
 from flaxbert import sharding as mesh_lib
 from flaxbert.data import readers
 from flaxbert.errors import FlaxbertError
-from flaxbert.tasks import classify, ner, seq2seq, squad
+from flaxbert.tasks import SPECS, classify, ner, seq2seq, squad
 from flaxbert.tasks.runner import Runner
 
 
@@ -331,17 +331,18 @@ class Seq2SeqTask(Task):
     return dev.score(dev.sources)
 
 
-CLASSIFY = ClassifyTask("classify", head="classification", data="classification",
-                        train_keys=("label",), metric="accuracy", extension="tsv")
-REGRESSION = ClassifyTask("regression", head="regression", data="regression",
-                          train_keys=("label",), metric="pearson", extension="tsv")
-NER = NerTask("ner", head="tagging", data="tagging", train_keys=("labels",), metric="f1",
-              extension="conll")
-QA = QaTask("qa", head="span_qa", data="squad", train_keys=("start_position", "end_position"),
-            metric="f1", extension="json")
-SEQ2SEQ = Seq2SeqTask("seq2seq", head="seq2seq", data="seq2seq",
-                      train_keys=("source_ids", "source_mask", "target_ids", "target_mask"),
-                      metric="bleu", extension="txt")
+def _make(kind: type, name: str, train_keys: tuple[str, ...], extension: str) -> Task:
+  head, data, metric = SPECS[name]
+  return kind(name, head=head, data=data, train_keys=train_keys, metric=metric,
+              extension=extension)
+
+
+CLASSIFY = _make(ClassifyTask, "classify", ("label",), "tsv")
+REGRESSION = _make(ClassifyTask, "regression", ("label",), "tsv")
+NER = _make(NerTask, "ner", ("labels",), "conll")
+QA = _make(QaTask, "qa", ("start_position", "end_position"), "json")
+SEQ2SEQ = _make(Seq2SeqTask, "seq2seq",
+                ("source_ids", "source_mask", "target_ids", "target_mask"), "txt")
 
 TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFY, REGRESSION, NER, QA, SEQ2SEQ)}
 NAMES: tuple[str, ...] = tuple(TASKS)   # == flaxbert.tasks.NAMES, which the CLI lists
