@@ -2,7 +2,8 @@
 
     BUNDLE/config.json   {"format": "flaxbert-bundle", "model": "bert", "config": {...},
                           "head": "...", "num_labels": N, "labels": [...]}
-    BUNDLE/tokenizer/    the tokenizer directory (spm.model or vocab.txt + its config)
+    BUNDLE/tokenizer/    the tokenizer directory (spm.model, or tokenizer.json + vocab.txt,
+                         and its tokenizer_config.json)
     BUNDLE/params/       an Orbax checkpoint of the parameter tree
 
 `load_bert` also accepts an HF BERT checkpoint directory and imports it on the fly, so every
@@ -140,10 +141,17 @@ def _check_vocab(config: BertConfig, tokenizer: Tokenizer, source: str) -> None:
 
 
 def export_hf(bundle: Bundle, directory: str) -> None:
-  """Writes the bundle as an HF BERT checkpoint directory (config, safetensors, tokenizer)."""
+  """Writes the bundle as an HF BERT checkpoint directory: config.json, model.safetensors and
+  the tokenizer's files (for WordPiece: vocab.txt, tokenizer.json and a tokenizer_config.json
+  that transformers 4.x and 5.x both read)."""
   with new_directory(directory) as tmp:
     hf.write_hf_checkpoint(tmp, bundle.params, bundle.config, bundle.head, bundle.labels)
     bundle.tokenizer.save(tmp)
+    tokenizer_config = os.path.join(tmp, "tokenizer_config.json")
+    if bundle.tokenizer.kind == "wordpiece":
+      # The longest input the model takes: transformers truncates and warns by it.
+      write_json(tokenizer_config, {**read_json(tokenizer_config),
+                                    "model_max_length": bundle.config.max_position_embeddings})
   if bundle.tokenizer.kind != "wordpiece":
     log.warning("flaxbert: the tokenizer is %s; transformers' BertTokenizer cannot read it, "
                 "load %s/spm.model with sentencepiece", bundle.tokenizer.kind, directory)

@@ -1,10 +1,11 @@
 """HF BERT checkpoints <-> flaxbert parameters.
 
 An HF checkpoint directory holds `config.json`, `model.safetensors` (or `pytorch_model.bin`)
-and `vocab.txt`. Tensors are read with numpy (safetensors) and mapped name by name; PyTorch's
-Linear stores (out, in) so kernels are transposed, per-layer tensors are stacked on the scanned
-'layers' axis, and query/key/value are fused into one (embed, 3, heads, kv) kernel. All of this
-is exact reshaping, so a round trip reproduces every tensor bit for bit.
+and tokenizer files (`tokenizer.json` and/or `vocab.txt`: flaxbert.data.tokenizer reads them).
+Tensors are read with numpy (safetensors) and mapped name by name; PyTorch's Linear stores
+(out, in) so kernels are transposed, per-layer tensors are stacked on the scanned 'layers'
+axis, and query/key/value are fused into one (embed, 3, heads, kv) kernel. All of this is
+exact reshaping, so a round trip reproduces every tensor bit for bit.
 """
 
 from __future__ import annotations
