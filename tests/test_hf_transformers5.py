@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from tokenizers import Tokenizer as HFTokenizer, normalizers, pre_tokenizers
 
 import flaxbert
 from flaxbert import bundle as bundle_lib
@@ -94,6 +95,12 @@ def test_transformers5_checkpoint_embeds_and_converts(transformers5_dir, tmp_pat
   imported = bundle_lib.import_hf(directory)
   assert_same_ids(bundle.tokenizer, reference)
   assert jax.tree.all(jax.tree.map(np.array_equal, bundle.params, imported.params))
+  # `finetune --init DIR` loads it re-headed: the encoder as imported, a fresh classifier.
+  reheaded = bundle_lib.load(directory, head="classification", num_labels=3)
+  assert_same_ids(reheaded.tokenizer, reference)
+  assert jax.tree.all(jax.tree.map(np.array_equal, reheaded.params["bert"],
+                                   imported.params["bert"]))
+  assert np.shape(reheaded.params["classifier"]["dense"]["kernel"]) == (32, 3)
 
 
 def test_tokenizer_json_alone_matches_transformers(minilm_dir, tmp_path):
@@ -112,6 +119,31 @@ def test_tokenizer_json_alone_matches_transformers(minilm_dir, tmp_path):
   ids = tokenizer.encode("unaffable")
   assert tokenizer.is_word_start(ids) == [True] + [False] * (len(ids) - 1) and len(ids) > 1
   assert tokenizer.decode(tokenizer.build_inputs(ids)[0]) == "unaffable"
+
+
+def test_a_pipeline_of_its_own_is_honoured(transformers5_dir, tmp_path):
+  """A tokenizer.json that is not BERT's pipeline (NFD + lowercase + accent stripping,
+  whitespace pre-tokenizer) under a generic class: its own steps give the ids, and an export
+  says PreTrainedTokenizerFast so transformers also takes the file as it is."""
+  directory, _ = transformers5_dir
+  tok = HFTokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+  tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(),
+                                         normalizers.StripAccents()])
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  (tmp_path / "custom").mkdir()
+  tok.save(str(tmp_path / "custom" / "tokenizer.json"))
+  (tmp_path / "custom" / "tokenizer_config.json").write_text(
+      json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}), encoding="utf-8")
+  tokenizer = load_tokenizer(str(tmp_path / "custom"))
+  reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "custom"))
+  for text in TEXTS:
+    assert tokenizer.encode(text) == reference(text, add_special_tokens=False)["input_ids"]
+  # Whitespace keeps "?!" one word (no "##!" piece: [UNK]); BERT splits every punctuation mark.
+  assert tokenizer.encode("wow?!") != load_tokenizer(directory).encode("wow?!")
+  tokenizer.save(str(tmp_path / "saved"))
+  config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+  assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+  assert_same_ids(tokenizer, transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved")))
 
 
 def test_special_token_names_come_from_the_config(tmp_path):

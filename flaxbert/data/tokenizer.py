@@ -267,6 +267,8 @@ class WordPieceTokenizer(Tokenizer):
     if model.get("type") != "WordPiece":
       raise FlaxbertError(f"{path}: a {model.get('type')} tokenizer; flaxbert reads WordPiece "
                           "tokenizer.json files (BERT's)")
+    if not model.get("vocab"):
+      raise FlaxbertError(f"{path}: empty vocabulary")
     if config.get("tokenizer_class") in BERT_TOKENIZER_CLASSES:
       added = list(tok.get_added_tokens_decoder().values())
       tok = _bert_pipeline(model["vocab"], specials["unk_token"],
@@ -363,7 +365,9 @@ class WordPieceTokenizer(Tokenizer):
                     strip_accents=self.strip_accents,
                     tokenize_chinese_chars=self.tokenize_chinese_chars)
     else:
-      config["tokenizer_class"] = "PreTrainedTokenizerFast"
+      # BERT's inputs, which the generic class gives only when told.
+      config.update(tokenizer_class="PreTrainedTokenizerFast",
+                    model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     write_json(os.path.join(directory, CONFIG_FILE), config)
 
 
