@@ -263,15 +263,15 @@ class WordPieceTokenizer(Tokenizer):
     """
     specials = {**DEFAULT_SPECIALS, **_special_names(config)}
     tok = _read_tokenizer_json(path)
-    model = json.loads(tok.model.__getstate__())
-    if model.get("type") != "WordPiece":
-      raise FlaxbertError(f"{path}: a {model.get('type')} tokenizer; flaxbert reads WordPiece "
-                          "tokenizer.json files (BERT's)")
-    if not model.get("vocab"):
+    if not isinstance(tok.model, WordPiece):
+      raise FlaxbertError(f"{path}: a {type(tok.model).__name__} tokenizer; flaxbert reads "
+                          "WordPiece tokenizer.json files (BERT's)")
+    vocab = tok.get_vocab(with_added_tokens=False)
+    if not vocab:
       raise FlaxbertError(f"{path}: empty vocabulary")
     if config.get("tokenizer_class") in BERT_TOKENIZER_CLASSES:
       added = list(tok.get_added_tokens_decoder().values())
-      tok = _bert_pipeline(model["vocab"], specials["unk_token"],
+      tok = _bert_pipeline(vocab, specials["unk_token"],
                            bool(config.get("do_lower_case", True)), config.get("strip_accents"),
                            bool(config.get("tokenize_chinese_chars", True)))
       tok.add_tokens(added)
