@@ -113,7 +113,7 @@ def fresh_groups(model, paths: list[tuple[str, ...]], seed: int = 0) -> list:
   """Initial values (numpy) of the parameter groups at `paths` only, as `init_params` with
   this seed draws them: one jitted init whose other outputs XLA drops as dead code, so the
   weights a checkpoint supplies cost neither random numbers nor the many small compilations
-  an eager init runs (~9 s for MiniLM on CPU)."""
+  an eager init runs (~8 s for MiniLM on CPU)."""
   if not paths:
     return []
 

@@ -220,14 +220,15 @@ def uninitialised_heads(missing: list[tuple[str, ...]], head: str) -> list[str]:
           if not (path == ("bert", "pooler") and head in _POOLERLESS_HEADS)]
 
 
-def _check_shapes(loaded, fresh, source: str, path: tuple[str, ...] = (),
+def _check_shapes(loaded, abstract, source: str, path: tuple[str, ...] = (),
                   skip: list[tuple[str, ...]] = ()) -> None:
-  expected = {k for k in fresh if path + (k,) not in skip}
+  """`loaded` has the keys and shapes of `abstract`, but for the subtrees at `skip`."""
+  expected = {k for k in abstract if path + (k,) not in skip}
   if set(loaded) != expected:
     raise FlaxbertError(f"{source}: parameters under '{'/'.join(path) or '/'}' are "
                         f"{sorted(loaded)}, expected {sorted(expected)}")
   for key in expected:
-    want, got = fresh[key], loaded[key]
+    want, got = abstract[key], loaded[key]
     where = "/".join(path + (key,))
     if isinstance(want, dict):
       _check_shapes(got, want, source, path + (key,), skip)
