@@ -146,6 +146,23 @@ def test_a_pipeline_of_its_own_is_honoured(transformers5_dir, tmp_path):
   assert_same_ids(tokenizer, transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved")))
 
 
+def test_tokenizer_json_wins_over_vocab_txt(transformers5_dir, tmp_path):
+  """With both files (transformers 4's layout), tokens added after the vocabulary was made
+  live only in tokenizer.json; transformers takes them from there, and so does flaxbert."""
+  directory, _ = transformers5_dir
+  reference = transformers.AutoTokenizer.from_pretrained(directory)
+  assert reference.add_tokens(["zqxword", "Hello"]) == 2
+  reference.save_pretrained(str(tmp_path))
+  write_vocab(tmp_path / "vocab.txt", 1000)   # the vocabulary without the added tokens
+  reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  text = "a zqxword b hello Hello"
+  tokenizer = load_tokenizer(str(tmp_path))
+  assert tokenizer.build_inputs(tokenizer.encode(text))[0] == reference(text)["input_ids"]
+  assert {1000, 1001} <= set(tokenizer.encode(text)) and tokenizer.vocab_size == 1002
+  assert tokenizer.is_word_start(tokenizer.encode("zqxword")) == [True]
+  assert_same_ids(tokenizer, reference)
+
+
 def test_special_token_names_come_from_the_config(tmp_path):
   """A vocabulary whose specials are <pad> <unk> <s> </s> <mask>, named in
   tokenizer_config.json (and special_tokens_map.json by older transformers)."""
