@@ -118,6 +118,10 @@ def test_tokenizer_json_alone_matches_transformers(minilm_dir, tmp_path):
       "input_ids"] and len(tokenizer.encode(long_text)) == 300
   ids = tokenizer.encode("unaffable")
   assert tokenizer.is_word_start(ids) == [True] + [False] * (len(ids) - 1) and len(ids) > 1
+  # And as transformers 5 saves it again (tokenizer.json + tokenizer_config.json).
+  reference.save_pretrained(str(tmp_path / "resaved"))
+  assert not os.path.exists(tmp_path / "resaved" / "vocab.txt")
+  assert_same_ids(load_tokenizer(str(tmp_path / "resaved")), reference)
   assert tokenizer.decode(tokenizer.build_inputs(ids)[0]) == "unaffable"
 
 
