@@ -237,6 +237,11 @@ def test_bad_tokenizer_json_is_one_line(transformers5_dir, tmp_path):
   (broken / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
   with pytest.raises(FlaxbertError, match="a BPE tokenizer; flaxbert reads WordPiece"):
     load_tokenizer(str(broken))
+  # A special token the config names that the vocabulary lacks.
+  shutil.copyfile(os.path.join(directory, "tokenizer.json"), broken / "tokenizer.json")
+  (broken / "tokenizer_config.json").write_text('{"mask_token": "<mask>"}', encoding="utf-8")
+  with pytest.raises(FlaxbertError, match=r"tokenizer.json: vocabulary has no <mask> token"):
+    load_tokenizer(str(broken))
 
 
 def test_missing_heads_get_the_models_initialisers(tmp_path):

@@ -79,7 +79,8 @@ class Tokenizer:
   def _special_id(self, token: str) -> int:
     index = self.token_to_id(token)
     if index is None:
-      raise FlaxbertError(f"tokenizer vocabulary has no {token} token")
+      raise FlaxbertError(f"{getattr(self, 'source', 'tokenizer')}: vocabulary has no {token} "
+                          "token")
     return index
 
   def _init_special_ids(self, names: dict[str, str] | None = None) -> None:
@@ -247,7 +248,7 @@ class WordPieceTokenizer(Tokenizer):
     # The specials are added tokens, as transformers has them: ids from the vocabulary.
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t in specials.values() if t in vocab])
-    self._setup(tok, specials, vocab_file)
+    self._setup(tok, specials, vocab_file, vocab_file)
     self.model_max_length = None
 
   @classmethod
@@ -280,14 +281,15 @@ class WordPieceTokenizer(Tokenizer):
     tok.no_padding()
     tok.no_truncation()
     self = cls.__new__(cls)
-    self._setup(tok, specials, None)
+    self._setup(tok, specials, None, path)
     length = config.get("model_max_length")
     # transformers writes a huge sentinel when the length is unknown.
     self.model_max_length = length if isinstance(length, int) and 0 < length < 1 << 31 else None
     return self
 
-  def _setup(self, tok, specials: dict, vocab_file: str | None) -> None:
+  def _setup(self, tok, specials: dict, vocab_file: str | None, source: str) -> None:
     tok.encode_special_tokens = True   # "[MASK]" typed in text stays "[", "mask", "]"
+    self.source = source   # the file errors name
     self._tok = tok
     self._vocab_file = vocab_file
     self.special_tokens = specials
