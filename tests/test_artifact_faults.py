@@ -243,7 +243,7 @@ def test_untampered_copy_loads_and_records_every_file(served, tmp_path):
   assert set(got) == set(outputs) == {"logits"}
   np.testing.assert_array_equal(got["logits"], outputs["logits"])
   manifest = read_manifest(copy)
-  assert sorted(manifest["files"]) == ["model.stablehlo", "params.npz",
+  assert sorted(manifest["files"]) == ["model.stablehlo", "params.npz", "tokenizer/tokenizer.json",
                                        "tokenizer/tokenizer_config.json", "tokenizer/vocab.txt"]
   for name, record in manifest["files"].items():
     assert record == {"bytes": os.path.getsize(os.path.join(copy, name)),

@@ -52,7 +52,8 @@ def test_convert_back_to_hf_and_refuse_to_overwrite(minilm_bundle, tmp_path):
   rc, _, stderr = run_cli("convert", "--to-hf", minilm_bundle, "--out", tmp_path / "hf")
   assert rc == 0, stderr
   assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors",
-                                                 "tokenizer_config.json", "vocab.txt"]
+                                                 "tokenizer.json", "tokenizer_config.json",
+                                                 "vocab.txt"]
   before = (tmp_path / "hf" / "model.safetensors").stat().st_mtime_ns
   rc, _, stderr = run_cli("convert", "--to-hf", minilm_bundle, "--out", tmp_path / "hf")
   assert rc == 2 and "already exists" in stderr and "Traceback" not in stderr

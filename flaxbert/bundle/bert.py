@@ -2,7 +2,8 @@
 
     BUNDLE/config.json   {"format": "flaxbert-bundle", "model": "bert", "config": {...},
                           "head": "...", "num_labels": N, "labels": [...]}
-    BUNDLE/tokenizer/    the tokenizer directory (spm.model or vocab.txt + its config)
+    BUNDLE/tokenizer/    the tokenizer directory (spm.model, or tokenizer.json + vocab.txt,
+                         and its tokenizer_config.json)
     BUNDLE/params/       an Orbax checkpoint of the parameter tree
 
 `load_bert` also accepts an HF BERT checkpoint directory and imports it on the fly, so every
@@ -66,8 +67,7 @@ def _load_bundle(path: str, meta: dict) -> Bundle:
   config = BertConfig.from_dict(meta.get("config") or {})
   head = meta.get("head", "encoder")
   model = build_model(config, head, meta.get("num_labels"))
-  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  params = restore_params(os.path.join(path, "params"), abstract)
+  params = restore_params(os.path.join(path, "params"), abstract_params(model))
   tokenizer = load_tokenizer(os.path.join(path, "tokenizer"))
   _check_vocab(config, tokenizer, path)
   return Bundle(model, params, tokenizer, config, head, meta.get("labels"))
@@ -77,29 +77,61 @@ def import_hf(directory: str, seed: int = 0) -> Bundle:
   """An HF BERT checkpoint directory as a Bundle; heads it lacks are initialised fresh."""
   hf_config = read_json(os.path.join(directory, "config.json"))
   config = BertConfig.from_hf(hf_config)
+  tokenizer = load_tokenizer(directory)
+  _check_vocab(config, tokenizer, directory)
   sd, source = hf.read_state_dict(directory)
   head = hf.head_of_hf_checkpoint(hf_config, sd)
   labels = hf.hf_labels(hf_config, sd)
   model = build_model(config, head, len(labels) if labels else None)
-  fresh = init_params(model, jax.random.key(seed))
-  params, missing = hf.params_from_hf(sd, config, head, jax.tree.map(np.asarray, fresh), source)
-  if missing:
+  params, missing = hf.params_from_hf(sd, config, head, abstract_params(model), source)
+  for path, value in zip(missing, fresh_groups(model, missing, seed)):
+    _put(params, path, value)
+  named = hf.uninitialised_heads(missing, head)
+  if named:
     log.warning("flaxbert: %s has no %s head weights; initialised fresh: %s", source, head,
-                ", ".join(missing))
-  tokenizer = load_tokenizer(directory)
-  _check_vocab(config, tokenizer, directory)
+                ", ".join(named))
   return Bundle(model, params, tokenizer, config, head, labels)
 
 
 def rehead(bundle: Bundle, head: str, num_labels: int | None, labels: list[str] | None,
            seed: int = 0) -> Bundle:
   model = build_model(bundle.config, head, num_labels)
-  params = dict(init_params(model, jax.random.key(seed)))
-  params["bert"] = bundle.params["bert"]
-  fresh = sorted(k for k in params if k != "bert")
+  fresh = sorted(k for k in abstract_params(model) if k != "bert")
+  params = {"bert": bundle.params["bert"]}
+  params.update(zip(fresh, fresh_groups(model, [(k,) for k in fresh], seed)))
   if fresh:
     log.warning("flaxbert: new %s head initialised fresh: %s", head, ", ".join(fresh))
   return Bundle(model, params, bundle.tokenizer, bundle.config, head, labels)
+
+
+def abstract_params(model, seed: int = 0) -> dict:
+  """The model's parameter tree as shapes and dtypes, computing nothing."""
+  return jax.eval_shape(lambda: init_params(model, jax.random.key(seed)))
+
+
+def fresh_groups(model, paths: list[tuple[str, ...]], seed: int = 0) -> list:
+  """Initial values (numpy) of the parameter groups at `paths` only, as `init_params` with
+  this seed draws them: one jitted init whose other outputs XLA drops as dead code, so the
+  weights a checkpoint supplies cost neither random numbers nor the many small compilations
+  an eager init runs (~8 s for MiniLM on CPU)."""
+  if not paths:
+    return []
+
+  def init(key):
+    params = init_params(model, key)
+    return [_get(params, path) for path in paths]
+
+  return jax.tree.map(np.asarray, jax.jit(init)(jax.random.key(seed)))
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _put(tree: dict, path: tuple[str, ...], value) -> None:
+  _get(tree, path[:-1])[path[-1]] = value
 
 
 def _check_vocab(config: BertConfig, tokenizer: Tokenizer, source: str) -> None:
@@ -109,10 +141,17 @@ def _check_vocab(config: BertConfig, tokenizer: Tokenizer, source: str) -> None:
 
 
 def export_hf(bundle: Bundle, directory: str) -> None:
-  """Writes the bundle as an HF BERT checkpoint directory (config, safetensors, tokenizer)."""
+  """Writes the bundle as an HF BERT checkpoint directory: config.json, model.safetensors and
+  the tokenizer's files (for WordPiece: vocab.txt, tokenizer.json and a tokenizer_config.json
+  that transformers 4.x and 5.x both read)."""
   with new_directory(directory) as tmp:
     hf.write_hf_checkpoint(tmp, bundle.params, bundle.config, bundle.head, bundle.labels)
     bundle.tokenizer.save(tmp)
+    tokenizer_config = os.path.join(tmp, "tokenizer_config.json")
+    if bundle.tokenizer.kind == "wordpiece":
+      # The longest input the model takes: transformers truncates and warns by it.
+      write_json(tokenizer_config, {**read_json(tokenizer_config),
+                                    "model_max_length": bundle.config.max_position_embeddings})
   if bundle.tokenizer.kind != "wordpiece":
     log.warning("flaxbert: the tokenizer is %s; transformers' BertTokenizer cannot read it, "
                 "load %s/spm.model with sentencepiece", bundle.tokenizer.kind, directory)

@@ -1,10 +1,11 @@
 """HF BERT checkpoints <-> flaxbert parameters.
 
 An HF checkpoint directory holds `config.json`, `model.safetensors` (or `pytorch_model.bin`)
-and `vocab.txt`. Tensors are read with numpy (safetensors) and mapped name by name; PyTorch's
-Linear stores (out, in) so kernels are transposed, per-layer tensors are stacked on the scanned
-'layers' axis, and query/key/value are fused into one (embed, 3, heads, kv) kernel. All of this
-is exact reshaping, so a round trip reproduces every tensor bit for bit.
+and tokenizer files (`tokenizer.json` and/or `vocab.txt`: flaxbert.data.tokenizer reads them).
+Tensors are read with numpy (safetensors) and mapped name by name; PyTorch's Linear stores
+(out, in) so kernels are transposed, per-layer tensors are stacked on the scanned 'layers'
+axis, and query/key/value are fused into one (embed, 3, heads, kv) kernel. All of this is
+exact reshaping, so a round trip reproduces every tensor bit for bit.
 """
 
 from __future__ import annotations
@@ -184,43 +185,53 @@ def _head_from_hf(sd: dict[str, np.ndarray], group: str) -> dict | None:
   return {"dense": {"kernel": sd[prefix + "weight"].T, "bias": sd[prefix + "bias"]}}
 
 
-def params_from_hf(sd: dict[str, np.ndarray], config: BertConfig, head: str, fresh: dict,
-                   source: str) -> tuple[dict, list[str]]:
-  """Fills the model's parameter tree `fresh` from HF tensors.
+def params_from_hf(sd: dict[str, np.ndarray], config: BertConfig, head: str, abstract: dict,
+                   source: str) -> tuple[dict, list[tuple[str, ...]]]:
+  """The model's parameters that HF tensors give, checked against the shapes of `abstract`
+  (the model's parameter tree, `jax.eval_shape`d).
 
-  Returns the parameters and the names of head groups that the checkpoint lacks (left as
-  initialised in `fresh`). Every tensor's shape is checked against `fresh`, so a checkpoint
-  that disagrees with its config is reported by name rather than failing deep inside XLA.
+  Returns the parameters and the paths, such as ('nsp',) or ('bert', 'pooler'), of the groups
+  the checkpoint lacks: those are absent from the returned tree, for the caller to
+  initialise. Every tensor's shape is checked, so a checkpoint that disagrees with its config
+  is reported by name rather than failing deep inside XLA.
   """
   prefix = "bert." if any(k.startswith("bert.") for k in sd) else ""
   loaded = {"bert": _encoder_from_hf(sd, prefix, config, source)}
   missing = []
   if loaded["bert"]["pooler"] is None:
-    loaded["bert"]["pooler"] = fresh["bert"]["pooler"]
-    if head not in _POOLERLESS_HEADS:
-      missing.append("pooler")
-  for group in fresh:
+    del loaded["bert"]["pooler"]
+    missing.append(("bert", "pooler"))
+  for group in abstract:
     if group == "bert":
       continue
-    head = _head_from_hf(sd, group) if group in _HEAD_GROUPS else None
-    if head is None:
-      missing.append(group)
-      loaded[group] = fresh[group]
+    params = _head_from_hf(sd, group) if group in _HEAD_GROUPS else None
+    if params is None:
+      missing.append((group,))
     else:
-      loaded[group] = head
-  _check_shapes(loaded, fresh, source)
+      loaded[group] = params
+  _check_shapes(loaded, abstract, source, skip=missing)
   return loaded, missing
 
 
-def _check_shapes(loaded, fresh, source: str, path: str = "") -> None:
-  if set(loaded) != set(fresh):
-    raise FlaxbertError(f"{source}: parameters under '{path or '/'}' are "
-                        f"{sorted(loaded)}, expected {sorted(fresh)}")
-  for key, want in fresh.items():
-    got = loaded[key]
-    where = f"{path}/{key}" if path else key
+def uninitialised_heads(missing: list[tuple[str, ...]], head: str) -> list[str]:
+  """What a log line names as freshly initialised: the pooler only where the head uses it
+  (HF's token-classification and QA models have none to import)."""
+  return [path[-1] for path in missing
+          if not (path == ("bert", "pooler") and head in _POOLERLESS_HEADS)]
+
+
+def _check_shapes(loaded, abstract, source: str, path: tuple[str, ...] = (),
+                  skip: list[tuple[str, ...]] = ()) -> None:
+  """`loaded` has the keys and shapes of `abstract`, but for the subtrees at `skip`."""
+  expected = {k for k in abstract if path + (k,) not in skip}
+  if set(loaded) != expected:
+    raise FlaxbertError(f"{source}: parameters under '{'/'.join(path) or '/'}' are "
+                        f"{sorted(loaded)}, expected {sorted(expected)}")
+  for key in expected:
+    want, got = abstract[key], loaded[key]
+    where = "/".join(path + (key,))
     if isinstance(want, dict):
-      _check_shapes(got, want, source, where)
+      _check_shapes(got, want, source, path + (key,), skip)
     elif tuple(np.shape(got)) != tuple(want.shape):
       raise FlaxbertError(f"{source}: {where} has shape {tuple(np.shape(got))} but the config "
                           f"implies {tuple(want.shape)}")

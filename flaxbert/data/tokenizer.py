@@ -6,11 +6,13 @@ which kind it was given. Special tokens are never produced from literal text: a 
 typed in a document stays ordinary characters, so data cannot inject control tokens.
 
 A tokenizer directory holds `tokenizer_config.json` plus either `spm.model` (SentencePiece)
-or `vocab.txt` (WordPiece, the file layout of HF BERT checkpoints).
+or, for WordPiece, `tokenizer.json` and/or `vocab.txt` (the file layouts of HF BERT
+checkpoints: transformers 5 saves tokenizer.json alone, older ones vocab.txt).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -19,6 +21,9 @@ import tempfile
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from tokenizers import (AddedToken, Tokenizer as HFTokenizer, decoders, normalizers,
+                        pre_tokenizers, processors)
+from tokenizers.models import WordPiece
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
@@ -30,6 +35,8 @@ SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 CONFIG_FILE = "tokenizer_config.json"
 SPM_FILE = "spm.model"
 VOCAB_FILE = "vocab.txt"
+TOKENIZER_JSON = "tokenizer.json"
+SPECIALS_FILE = "special_tokens_map.json"
 
 
 class Tokenizer:
@@ -72,15 +79,18 @@ class Tokenizer:
   def _special_id(self, token: str) -> int:
     index = self.token_to_id(token)
     if index is None:
-      raise FlaxbertError(f"tokenizer vocabulary has no {token} token")
+      raise FlaxbertError(f"{getattr(self, 'source', 'tokenizer')}: vocabulary has no {token} "
+                          "token")
     return index
 
-  def _init_special_ids(self) -> None:
-    self.pad_id = self._special_id(PAD)
-    self.unk_id = self._special_id(UNK)
-    self.cls_id = self._special_id(CLS)
-    self.sep_id = self._special_id(SEP)
-    self.mask_id = self._special_id(MASK)
+  def _init_special_ids(self, names: dict[str, str] | None = None) -> None:
+    """Ids of the pad/unk/cls/sep/mask tokens, by the texts `names` gives them ([PAD]...)."""
+    names = names or {}
+    self.pad_id = self._special_id(names.get("pad_token", PAD))
+    self.unk_id = self._special_id(names.get("unk_token", UNK))
+    self.cls_id = self._special_id(names.get("cls_token", CLS))
+    self.sep_id = self._special_id(names.get("sep_token", SEP))
+    self.mask_id = self._special_id(names.get("mask_token", MASK))
     self.special_ids = frozenset(
         (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id))
 
@@ -214,45 +224,100 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 class WordPieceTokenizer(Tokenizer):
-  """BERT's WordPiece, run by the `tokenizers` library, from a `vocab.txt`.
+  """BERT's WordPiece, run by the `tokenizers` library, from a `vocab.txt` or a `tokenizer.json`.
 
-  The pipeline is exactly HF's BertTokenizerFast: BertNormalizer (clean text, CJK spacing,
-  accent stripping that follows lowercasing unless set), BertPreTokenizer, WordPiece with
-  `##` continuations and 100-character words.
+  From `vocab.txt` the pipeline is exactly HF's BertTokenizer(Fast): BertNormalizer (clean
+  text, CJK spacing, accent stripping that follows lowercasing unless set), BertPreTokenizer,
+  WordPiece with `##` continuations and 100-character words. A `tokenizer.json` is read as
+  transformers reads it (see `from_tokenizer_json`). Special tokens present in the file are
+  encoded as plain text (`encode_special_tokens`), as the module docstring requires.
   """
 
   kind = "wordpiece"
 
   def __init__(self, vocab_file: str, lowercase: bool = True, strip_accents: bool | None = None,
-               tokenize_chinese_chars: bool = True):
-    from tokenizers import Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import WordPiece
+               tokenize_chinese_chars: bool = True, special_tokens: dict | None = None):
     if not os.path.isfile(vocab_file):
       raise FlaxbertError(f"{vocab_file}: no such vocabulary file")
+    specials = {**DEFAULT_SPECIALS, **(special_tokens or {})}
     vocab = _read_vocab(vocab_file)
-    if UNK not in vocab:
-      raise FlaxbertError(f"{vocab_file}: vocabulary has no {UNK} token")
-    tok = HFTokenizer(WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
-        strip_accents=strip_accents, lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    if specials["unk_token"] not in vocab:
+      raise FlaxbertError(f"{vocab_file}: vocabulary has no {specials['unk_token']} token")
+    tok = _bert_pipeline(vocab, specials["unk_token"], lowercase, strip_accents,
+                         tokenize_chinese_chars)
+    # The specials are added tokens, as transformers has them: ids from the vocabulary.
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t in specials.values() if t in vocab])
+    self._setup(tok, specials, vocab_file, vocab_file)
+    self.model_max_length = None
+
+  @classmethod
+  def from_tokenizer_json(cls, path: str, config: dict) -> "WordPieceTokenizer":
+    """A `tokenizer.json` with the settings of `config` (tokenizer_config.json merged with
+    special_tokens_map.json), giving the ids transformers gives.
+
+    When `config` names BERT's tokenizer class, transformers (5.x, and 4.x's
+    BertTokenizerFast for the normaliser) rebuilds the BERT pipeline from the config's
+    do_lower_case / strip_accents / tokenize_chinese_chars and takes only the vocabulary and
+    added tokens from the file; so do we. Otherwise the file's normaliser, pre-tokenizer and
+    model are used as they are.
+    """
+    specials = {**DEFAULT_SPECIALS, **_special_names(config)}
+    tok = _read_tokenizer_json(path)
+    if not isinstance(tok.model, WordPiece):
+      raise FlaxbertError(f"{path}: a {type(tok.model).__name__} tokenizer; flaxbert reads "
+                          "WordPiece tokenizer.json files (BERT's)")
+    vocab = tok.get_vocab(with_added_tokens=False)
+    if not vocab:
+      raise FlaxbertError(f"{path}: empty vocabulary")
+    if config.get("tokenizer_class") in BERT_TOKENIZER_CLASSES:
+      added = list(tok.get_added_tokens_decoder().values())
+      tok = _bert_pipeline(vocab, specials["unk_token"],
+                           bool(config.get("do_lower_case", True)), config.get("strip_accents"),
+                           bool(config.get("tokenize_chinese_chars", True)))
+      tok.add_tokens(added)
+    # A saved tokenizer may pad or truncate every encoding (all-MiniLM-L6-v2's pads to 128);
+    # flaxbert frames, cuts and pads batches itself.
+    tok.no_padding()
+    tok.no_truncation()
+    self = cls.__new__(cls)
+    self._setup(tok, specials, None, path)
+    length = config.get("model_max_length")
+    # transformers writes a huge sentinel when the length is unknown.
+    self.model_max_length = length if isinstance(length, int) and 0 < length < 1 << 31 else None
+    return self
+
+  def _setup(self, tok, specials: dict, vocab_file: str | None, source: str) -> None:
+    tok.encode_special_tokens = True   # "[MASK]" typed in text stays "[", "mask", "]"
+    self.source = source   # the file errors name
     self._tok = tok
-    self._vocab = vocab
-    self._inverse = {i: t for t, i in vocab.items()}
     self._vocab_file = vocab_file
-    self.lowercase = lowercase
-    self.strip_accents = strip_accents
-    self.tokenize_chinese_chars = tokenize_chinese_chars
-    self._init_special_ids()
+    self.special_tokens = specials
+    self._inverse = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
+    self._prefix = tok.model.continuing_subword_prefix
+    added = set(tok.get_added_tokens_decoder())
+    self._continues = np.asarray(
+        [i in self._inverse and i not in added and self._inverse[i].startswith(self._prefix)
+         for i in range(max(self._inverse) + 1)])
+    normalizer = json.loads(tok.normalizer.__getstate__()) if tok.normalizer else {}
+    pre_tokenizer = json.loads(tok.pre_tokenizer.__getstate__()) if tok.pre_tokenizer else {}
+    # BERT's own pipeline (what BertTokenizer rebuilds from tokenizer_config.json), or another
+    # one that only the file itself describes.
+    self.bert_pipeline = (normalizer.get("type") == "BertNormalizer"
+                          and pre_tokenizer.get("type") == "BertPreTokenizer"
+                          and self._prefix == "##"
+                          and tok.model.max_input_chars_per_word == 100)
+    self.lowercase = bool(normalizer.get("lowercase", False))
+    self.strip_accents = normalizer.get("strip_accents")
+    self.tokenize_chinese_chars = bool(normalizer.get("handle_chinese_chars", False))
+    self._init_special_ids(specials)
 
   @property
   def vocab_size(self) -> int:
-    return len(self._vocab)
+    return len(self._continues)
 
   def token_to_id(self, token):
-    return self._vocab.get(token)
+    return self._tok.token_to_id(token)
 
   def id_to_token(self, index):
     return self._inverse[int(index)]
@@ -268,24 +333,96 @@ class WordPieceTokenizer(Tokenizer):
     return self._tok.decode([int(i) for i in ids if int(i) not in self.special_ids])
 
   def is_word_start(self, ids):
-    return [not self._inverse[int(i)].startswith("##") for i in ids]
+    return [not self._continues[int(i)] for i in ids]
 
   def save(self, directory):
+    """tokenizer.json, vocab.txt and a tokenizer_config.json that transformers 4.x and 5.x
+    read as this tokenizer: BertTokenizer settings for BERT's pipeline, else
+    PreTrainedTokenizerFast, which takes tokenizer.json as it is."""
     os.makedirs(directory, exist_ok=True)
+    tok = HFTokenizer.from_str(self._tok.to_str())
+    tok.encode_special_tokens = False   # transformers sets its own (split_special_tokens)
+    if tok.post_processor is None:      # BERT's framing, for whoever adds special tokens
+      cls, sep = self.special_tokens["cls_token"], self.special_tokens["sep_token"]
+      tok.post_processor = processors.TemplateProcessing(
+          single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+          special_tokens=[(cls, self.cls_id), (sep, self.sep_id)])
+    tok.save(os.path.join(directory, TOKENIZER_JSON))
     target = os.path.join(directory, VOCAB_FILE)
-    if os.path.abspath(target) != os.path.abspath(self._vocab_file):
-      shutil.copyfile(self._vocab_file, target)
-    # HF's keys, so a saved directory also loads as a transformers BertTokenizer.
-    write_json(os.path.join(directory, CONFIG_FILE), {
-        "kind": self.kind, "tokenizer_class": "BertTokenizer",
-        "do_lower_case": self.lowercase, "strip_accents": self.strip_accents,
-        "tokenize_chinese_chars": self.tokenize_chinese_chars,
-        "unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS,
-        "mask_token": MASK})
+    if self._vocab_file is not None:
+      if os.path.abspath(target) != os.path.abspath(self._vocab_file):
+        shutil.copyfile(self._vocab_file, target)
+    elif len(self._inverse) == self.vocab_size:   # ids 0..n-1, one token each
+      with open(target, "w", encoding="utf-8") as f:
+        f.writelines(self._inverse[i] + "\n" for i in range(self.vocab_size))
+    else:
+      log.warning("tokenizer: ids have gaps, so no vocab.txt is written (tokenizer.json holds "
+                  "the vocabulary)")
+    config = {"kind": self.kind, **self.special_tokens}
+    if self.model_max_length is not None:
+      config["model_max_length"] = self.model_max_length
+    if self.bert_pipeline:
+      # HF's keys, so the directory also loads as a transformers BertTokenizer (4.x and 5.x).
+      config.update(tokenizer_class="BertTokenizer", do_lower_case=self.lowercase,
+                    strip_accents=self.strip_accents,
+                    tokenize_chinese_chars=self.tokenize_chinese_chars)
+    else:
+      # BERT's inputs, which the generic class gives only when told.
+      config.update(tokenizer_class="PreTrainedTokenizerFast",
+                    model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    write_json(os.path.join(directory, CONFIG_FILE), config)
+
+
+BERT_TOKENIZER_CLASSES = ("BertTokenizer", "BertTokenizerFast")
+DEFAULT_SPECIALS = {"pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP,
+                    "mask_token": MASK}
+
+
+def _bert_pipeline(vocab: dict[str, int], unk: str, lowercase: bool, strip_accents: bool | None,
+                   tokenize_chinese_chars: bool) -> HFTokenizer:
+  """BertTokenizer's pipeline, as transformers builds it."""
+  tok = HFTokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+  tok.normalizer = normalizers.BertNormalizer(
+      clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
+      strip_accents=strip_accents, lowercase=lowercase)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.decoder = decoders.WordPiece(prefix="##")
+  return tok
+
+
+def _read_tokenizer_json(path: str) -> HFTokenizer:
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise FlaxbertError(f"{path}: unreadable ({e})") from None
+  try:
+    return HFTokenizer.from_str(text)
+  except Exception as e:  # the library raises a bare Exception for every parse error
+    raise FlaxbertError(f"{path}: not a tokenizers tokenizer.json "
+                        f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
+
+
+def _special_names(config: dict) -> dict[str, str]:
+  """The pad/unk/cls/sep/mask token texts a tokenizer config names (strings, or AddedToken
+  dicts in older files)."""
+  names = {}
+  for key in DEFAULT_SPECIALS:
+    value = config.get(key)
+    if isinstance(value, dict):
+      value = value.get("content")
+    if isinstance(value, str) and value:
+      names[key] = value
+  return names
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
-  """Loads a tokenizer directory (ours, or an HF BERT checkpoint with vocab.txt)."""
+  """Loads a tokenizer directory: ours, or an HF BERT checkpoint's.
+
+  `spm.model` is a SentencePiece tokenizer. Otherwise `tokenizer.json` is preferred over
+  `vocab.txt`: transformers (4.x fast and 5.x) takes the vocabulary and added tokens from it
+  when both are there, and 5.x saves no vocab.txt at all.
+  """
   if not os.path.isdir(directory):
     raise FlaxbertError(f"{directory}: no such tokenizer directory")
   config_path = os.path.join(directory, CONFIG_FILE)
@@ -293,13 +430,22 @@ def load_tokenizer(directory: str) -> Tokenizer:
   if os.path.isfile(os.path.join(directory, SPM_FILE)):
     return SentencePieceTokenizer(os.path.join(directory, SPM_FILE),
                                   lowercase=bool(config.get("lowercase", False)))
+  specials_path = os.path.join(directory, SPECIALS_FILE)
+  if os.path.isfile(specials_path):
+    # transformers lets tokenizer_config.json's names win over special_tokens_map.json's.
+    config = {**read_json(specials_path), **config}
+  if os.path.isfile(os.path.join(directory, TOKENIZER_JSON)):
+    return WordPieceTokenizer.from_tokenizer_json(os.path.join(directory, TOKENIZER_JSON),
+                                                  config)
   if os.path.isfile(os.path.join(directory, VOCAB_FILE)):
     return WordPieceTokenizer(
         os.path.join(directory, VOCAB_FILE),
         lowercase=bool(config.get("do_lower_case", True)),
         strip_accents=config.get("strip_accents"),
-        tokenize_chinese_chars=bool(config.get("tokenize_chinese_chars", True)))
-  raise FlaxbertError(f"{directory}: no {SPM_FILE} or {VOCAB_FILE}: not a tokenizer directory")
+        tokenize_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+        special_tokens=_special_names(config))
+  raise FlaxbertError(f"{directory}: no {SPM_FILE}, {TOKENIZER_JSON} or {VOCAB_FILE}: not a "
+                      "tokenizer directory")
 
 
 def train_sentencepiece(inputs: Sequence[str], vocab_size: int, output: str, *,
