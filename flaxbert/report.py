@@ -32,6 +32,7 @@ from flaxbert.jsonfile import read_json, write_json
 DPI = 100
 MANIFEST = "report.json"
 EVAL_PREFIXES = ("eval_", "dev_")
+ANNOTATED_LABELS = 30   # beyond this many labels the counts would overlap; colours still tell
 
 
 @dataclasses.dataclass
@@ -224,13 +225,15 @@ def _confusion_figure(labels: list[str], matrix: np.ndarray) -> Figure:
   fraction = matrix / np.maximum(totals, 1)
   image = axes.imshow(fraction, cmap="Blues", vmin=0.0, vmax=1.0)
   figure.colorbar(image, ax=axes, shrink=0.8, label="fraction of the gold row")
-  if n <= 30:   # beyond that the numbers would overlap; the colours still tell
+  if n <= ANNOTATED_LABELS:
     for gold in range(n):
       for predicted in range(n):
         axes.text(predicted, gold, str(matrix[gold, predicted]), ha="center", va="center",
                   fontsize="small", color="white" if fraction[gold, predicted] > 0.5 else "black")
-  axes.set_xticks(range(n), labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
-  axes.set_yticks(range(n), labels)
+  # parse_math off: a label is text, never TeX ("$5-$10" would otherwise fail to draw).
+  axes.set_xticks(range(n), labels, rotation=45 if n > 3 else 0,
+                  ha="right" if n > 3 else "center", parse_math=False)
+  axes.set_yticks(range(n), labels, parse_math=False)
   axes.set_xlabel("predicted")
   axes.set_ylabel("gold")
   axes.set_title(f"Best dev confusion matrix ({int(matrix.sum())} examples)")
@@ -320,9 +323,11 @@ def page(run: Run, pngs: dict[str, str]) -> str:
   if "confusion.png" in pngs or per_class(run):
     plots += "\n<h2>Best dev predictions</h2>"
     if "confusion.png" in pngs:
+      counts = ("counts in the cells, " if len(matrix[0]) <= ANNOTATED_LABELS
+                else "too many labels to print the counts; ")
       plots += ("<figure><img src=\"confusion.png\" alt=\"confusion matrix\"><figcaption>"
-                "rows gold, columns predicted; counts in the cells, colour the fraction of "
-                "the gold row</figcaption></figure>")
+                f"rows gold, columns predicted; {counts}colour the fraction of the gold "
+                "row</figcaption></figure>")
     plots += _per_class_table(run, matrix[0] if matrix else None)
   settings = run.config.get("settings")
   model = run.config.get("model_config")

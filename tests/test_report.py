@@ -197,6 +197,23 @@ def test_finetune_report_shows_dev_curves_and_the_confusion_matrix(finetuned):
   assert f"{finetuned / 'results.json'}: best.dev.confusion_matrix: the matrix must be" in line
 
 
+def test_evaluation_lines_of_their_own_join_their_step(tmp_path):
+  lines = [{"step": s, "loss": 3.0 - 0.1 * s, "learning_rate": 1e-3} for s in range(1, 7)]
+  lines[2:2] = [{"step": 3, "dev_bleu": 1.5}]
+  lines += [{"step": 6, "dev_bleu": 2.5, "dev_chrf": 20.0}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  rc, out, err = call_cli("report", tmp_path)
+  assert rc == 0, err
+  html = check_pngs(tmp_path, ["loss.png", "learning_rate.png", "eval.png"])
+  assert "training.png" not in html and "kind</td><td>unknown" in html
+  figures = report.figures(report.load_run(tmp_path))
+  assert list(figures["loss.png"].axes[0].lines[0].get_xdata()) == [1, 2, 3, 4, 5, 6]
+  evals = {a.get_title(): a.lines[0] for a in figures["eval.png"].axes}
+  assert list(evals["dev_bleu"].get_xdata()) == [3, 6]
+  assert list(evals["dev_bleu"].get_ydata()) == [1.5, 2.5]
+  assert list(evals["dev_chrf"].get_xdata()) == [6]
+
+
 def test_bad_workdirs_are_one_line_each(tmp_path):
   line = one_error_line(*call_cli("report", tmp_path / "missing")[::2])
   assert line == f"flaxbert: error: {tmp_path / 'missing'}: no such run directory"
