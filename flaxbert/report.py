@@ -93,7 +93,8 @@ def curves(rows: list[dict]) -> dict[str, Curve]:
 
 def load_run(workdir: str) -> Run:
   if not os.path.isdir(workdir):
-    raise FlaxbertError(f"{workdir}: no such run directory")
+    reason = "not a directory" if os.path.exists(workdir) else "no such run directory"
+    raise FlaxbertError(f"{workdir}: {reason}")
   workdir = os.path.realpath(workdir)
   rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
   config_file = os.path.join(workdir, "run_config.json")
@@ -116,10 +117,16 @@ def confusion(run: Run) -> tuple[list[str], np.ndarray] | None:
     raise FlaxbertError(f"{where}: expected {{\"labels\": [...], \"matrix\": [[...], ...]}}")
   n = len(labels)
   if len(matrix) != n or any(not isinstance(r, list) or len(r) != n for r in matrix) or any(
-      not isinstance(c, int) or isinstance(c, bool) or c < 0 for r in matrix for c in r):
+      not _is_count(c) for r in matrix for c in r):
     raise FlaxbertError(f"{where}: the matrix must be {n} x {n} counts, one row and one "
                         f"column per label")
-  return [str(label) for label in labels], np.array(matrix, np.int64)
+  return [str(label) for label in labels], np.array(matrix, np.float64).astype(np.int64)
+
+
+def _is_count(value) -> bool:
+  # 3.0 counts as 3: a matrix summed in floating point (numpy) is still a matrix of counts.
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and float(value).is_integer() and value >= 0)
 
 
 def per_class(run: Run) -> dict[str, dict]:

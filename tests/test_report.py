@@ -143,37 +143,47 @@ def test_a_report_replaces_only_an_earlier_report_of_the_same_run(pretrained, tm
 def test_finetune_report_shows_dev_curves_and_the_confusion_matrix(finetuned):
   rows = metrics(finetuned)
   assert [r["step"] for r in rows if "dev_accuracy" in r] == [2, 4]
+  results = json.load(open(finetuned / "results.json"))
+  dev = results["best"]["dev"]
+  # The best dev predictions' confusion matrix (labels of gold and predictions, sorted; rows
+  # gold, columns predicted) and per-class scores, counted from the run's own predictions
+  # file. Fine-tuning writes them to best.dev in results.json once the task scores carry them
+  # (flaxbert.tasks.classify); until then this test puts them there.
+  with open(finetuned / "predictions" / "dev.tsv", encoding="utf-8", newline="") as f:
+    pairs = [(r["label"], r["prediction"])
+             for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+  labels = sorted({label for pair in pairs for label in pair})
+  counts = Counter(pairs)
+  matrix = np.array([[counts[(g, p)] for p in labels] for g in labels])
+  assert matrix.sum() == 32 and set(labels) <= set(results["labels"])
+  if "confusion_matrix" in dev:   # the run's own: it must be the one its predictions give
+    assert dev["confusion_matrix"] == {"labels": labels, "matrix": matrix.tolist()}
+  tp, gold_n, pred_n = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+  precision, recall = tp / np.maximum(pred_n, 1), tp / np.maximum(gold_n, 1)
+  f1 = 2 * tp / np.maximum(pred_n + gold_n, 1)
+  computed = {"confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
+              "per_class": {label: {"precision": precision[i], "recall": recall[i],
+                                    "f1": f1[i], "support": int(gold_n[i])}
+                            for i, label in enumerate(labels)}}
+
+  # Without them: the curves, the run's kind and its best score, and no such section.
+  for key in computed:
+    dev.pop(key, None)
+  json.dump(results, open(finetuned / "results.json", "w"))
   rc, _, err = call_cli("report", finetuned)
   assert rc == 0, err
   html = check_pngs(finetuned, ["loss.png", "learning_rate.png", "eval.png", "training.png"])
   assert "<td>kind</td><td>finetune-classify</td>" in html
-  assert "confusion.png" not in html and "Per-class" not in html   # results.json has none
-  results = json.load(open(finetuned / "results.json"))
+  assert "confusion.png" not in html and "Per-class" not in html
   assert f"<td>score</td><td class=n>{results['best']['score']:.6g}</td>" in html
   evals = {a.get_title(): a.lines[0] for a in report.figures(report.load_run(finetuned))[
       "eval.png"].axes}
   assert set(evals) == {"dev_accuracy", "dev_macro_f1", "dev_matthews"}
   assert list(evals["dev_accuracy"].get_ydata()) == points(rows, "dev_accuracy")[1]
 
-  # The best dev predictions' confusion matrix and per-class scores, as results.json will
-  # hold them (best.dev.confusion_matrix, best.dev.per_class), counted from the run's own
-  # predictions file.
-  labels = results["labels"]
-  with open(finetuned / "predictions" / "dev.tsv", encoding="utf-8", newline="") as f:
-    pairs = Counter((r["label"], r["prediction"])
-                    for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-  matrix = np.array([[pairs[(g, p)] for p in labels] for g in labels])
-  assert matrix.sum() == 32
-  tp = np.diag(matrix)
-  precision = tp / np.maximum(matrix.sum(axis=0), 1)
-  recall = tp / np.maximum(matrix.sum(axis=1), 1)
-  f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-  results["best"]["dev"]["confusion_matrix"] = {"labels": labels, "matrix": matrix.tolist()}
-  results["best"]["dev"]["per_class"] = {
-      label: {"precision": precision[i], "recall": recall[i], "f1": f1[i],
-              "support": int(matrix[i].sum())} for i, label in enumerate(labels)}
+  # With them: the matrix drawn, the per-class scores in a table.
+  dev.update(computed)
   json.dump(results, open(finetuned / "results.json", "w"))
-
   rc, out, err = call_cli("report", finetuned)   # replaces the report above
   assert rc == 0, err
   assert "confusion.png" in out
@@ -182,11 +192,11 @@ def test_finetune_report_shows_dev_curves_and_the_confusion_matrix(finetuned):
   for i, label in enumerate(labels):
     assert (f"<tr><td>{label}</td><td class=n>{precision[i]:.6g}</td><td class=n>"
             f"{recall[i]:.6g}</td><td class=n>{f1[i]:.6g}</td><td class=n>"
-            f"{int(matrix[i].sum())}</td></tr>") in html
+            f"{int(gold_n[i])}</td></tr>") in html
   figure = report.figures(report.load_run(finetuned))["confusion.png"]
   axes = figure.axes[0]
   colour = axes.images[0].get_array()
-  np.testing.assert_allclose(colour, matrix / np.maximum(matrix.sum(1, keepdims=True), 1))
+  np.testing.assert_allclose(colour, matrix / np.maximum(gold_n[:, None], 1))
   assert [t.get_text() for t in axes.texts] == [str(c) for c in matrix.ravel()]
   assert [t.get_text() for t in axes.get_xticklabels()] == labels
 
