@@ -256,7 +256,6 @@ td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; font-si
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; border: 1px solid #eee; }
 figure { margin: 1em 0; }
-code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
 
