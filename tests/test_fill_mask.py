@@ -93,6 +93,11 @@ def test_sentencepiece_bundle(spm_bundles):
     score, token, sequence = line.split(maxsplit=2)
     assert abs(float(score) - candidate["score"]) < 1e-5 and token == candidate["token"]
     assert sequence == candidate["sequence"]
+  rc, stdout, stderr = call_cli("fill-mask", mlm_dir, *texts, "--top-k", "3", "--json")
+  assert rc == 0, stderr
+  printed = json.loads(stdout)
+  assert [entry["text"] for entry in printed] == texts
+  assert printed[0]["masks"] == [candidates] and printed[1]["masks"] == two_masks
 
 
 def test_bad_input_is_one_line(spm_bundles, tmp_path):
