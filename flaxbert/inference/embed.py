@@ -186,12 +186,12 @@ def embed_arrays(bundle: Bundle, input_ids, segment_ids, input_mask, batch_size:
   return hidden, np.stack(out["pooled"]).astype(np.float32)
 
 
-def bert_bundle(bundle) -> Bundle:
+def bert_bundle(bundle, purpose: str = "embed") -> Bundle:
   """A loaded BERT bundle, from a Bundle or a bundle / HF checkpoint path."""
   if isinstance(bundle, (str, os.PathLike)):
     bundle = load_bundle(os.fspath(bundle))
   if not isinstance(bundle.config, BertConfig):
-    raise FlaxbertError("embeddings need a BERT bundle, not an encoder-decoder one")
+    raise FlaxbertError(f"{purpose} needs a BERT bundle, not an encoder-decoder one")
   return bundle
 
 

@@ -87,7 +87,7 @@ def fill_mask(bundle, texts, top_k: int = 5, *, batch_size: int = 32,
   texts: strings holding the literal mask string "[MASK]"; a single string is one text.
   max_length: tokens per row, [CLS]/[SEP] included (default: the model's positions).
   """
-  bundle = bert_bundle(bundle)
+  bundle = bert_bundle(bundle, "fill-mask")
   check_mlm_head(bundle)
   tokenizer = bundle.tokenizer
   if not 1 <= top_k <= tokenizer.vocab_size:
