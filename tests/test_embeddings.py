@@ -88,7 +88,8 @@ def sentence_transformers_dir(source, target, pooling_key):
   """`source` (an HF BERT dir) as a sentence-transformers checkpoint pooling by `pooling_key`,
   with a Normalize module."""
   shutil.copytree(source, target)
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+  modules = [{"idx": 0, "name": "0", "path": "",
+              "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"},
              {"idx": 2, "name": "2", "path": "2_Normalize",
