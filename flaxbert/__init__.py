@@ -1,7 +1,8 @@
 """flaxbert: BERT-family encoders and Transformer encoder-decoders in JAX/Flax.
 
 Public entry points:
-  flaxbert.load(path)          -> (model, params, tokenizer) from a bundle or an HF BERT dir
+  flaxbert.load(path, head=, num_labels=, labels=)
+                               -> (model, params, tokenizer) from a bundle or an HF BERT dir
   flaxbert.get_model(name)     -> (model, params) freshly initialised from a preset
   flaxbert.BertConfig          the encoder's frozen config
   flaxbert.FlaxbertError       the one user-facing error type
@@ -16,10 +17,22 @@ from flaxbert.models.config import BertConfig, PRESETS
 __version__ = "0.1.0"
 
 
-def load(path, *, head=None):
-  """Loads a bundle directory or an HF BERT checkpoint directory. See `flaxbert.bundle.load`."""
+def load(path, *, head=None, num_labels=None, labels=None, seed=0):
+  """Loads a bundle directory or an HF BERT checkpoint directory. See `flaxbert.bundle.load`.
+
+  With `head` other than the stored one (say "classification" on a pretraining bundle) the
+  encoder weights are kept and a fresh head initialised from `seed`: `num_labels` outputs, or
+  one per name in `labels`."""
   from flaxbert.bundle import load as _load
-  return _load(path, head=head)
+  if head is None and (num_labels is not None or labels is not None):
+    raise FlaxbertError("num_labels and labels set a new head's outputs: pass head= too")
+  if labels is not None:
+    labels = [str(label) for label in labels]
+    if num_labels is None:
+      num_labels = len(labels)
+    elif num_labels != len(labels):
+      raise FlaxbertError(f"num_labels={num_labels} but {len(labels)} labels were given")
+  return _load(str(path), head=head, num_labels=num_labels, labels=labels, seed=seed)
 
 
 def get_model(name, *, head="pretraining", num_labels=None, seed=0, **overrides):

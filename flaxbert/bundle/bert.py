@@ -12,6 +12,8 @@ command that takes a bundle takes an HF model too. `flaxbert.bundle.load` dispat
 
 from __future__ import annotations
 
+import json
+import dataclasses
 import logging
 import os
 
@@ -39,7 +41,8 @@ def write_bert(directory: str, bundle: Bundle) -> None:
   write_json(os.path.join(directory, "config.json"), {
       "format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL,
       "config": bundle.config.to_dict(), "head": bundle.head,
-      "num_labels": getattr(bundle.model, "num_labels", None), "labels": bundle.labels})
+      "num_labels": getattr(bundle.model, "num_labels", None), "labels": bundle.labels,
+      **sentence_embedding_meta(bundle)})
 
 
 def load_bert(path: str, meta: dict, *, head: str | None = None, num_labels: int | None = None,
@@ -70,7 +73,8 @@ def _load_bundle(path: str, meta: dict) -> Bundle:
   params = restore_params(os.path.join(path, "params"), abstract_params(model))
   tokenizer = load_tokenizer(os.path.join(path, "tokenizer"))
   _check_vocab(config, tokenizer, path)
-  return Bundle(model, params, tokenizer, config, head, meta.get("labels"))
+  return Bundle(model, params, tokenizer, config, head, meta.get("labels"),
+                meta.get("sentence_embedding"))
 
 
 def import_hf(directory: str, seed: int = 0) -> Bundle:
@@ -90,7 +94,8 @@ def import_hf(directory: str, seed: int = 0) -> Bundle:
   if named:
     log.warning("flaxbert: %s has no %s head weights; initialised fresh: %s", source, head,
                 ", ".join(named))
-  return Bundle(model, params, tokenizer, config, head, labels)
+  return Bundle(model, params, tokenizer, config, head, labels,
+                sentence_transformers_embedding(directory))
 
 
 def rehead(bundle: Bundle, head: str, num_labels: int | None, labels: list[str] | None,
@@ -101,7 +106,8 @@ def rehead(bundle: Bundle, head: str, num_labels: int | None, labels: list[str] 
   params.update(zip(fresh, fresh_groups(model, [(k,) for k in fresh], seed)))
   if fresh:
     log.warning("flaxbert: new %s head initialised fresh: %s", head, ", ".join(fresh))
-  return Bundle(model, params, bundle.tokenizer, bundle.config, head, labels)
+  # dataclasses.replace keeps what the bundle carries besides its head (its pooling default).
+  return dataclasses.replace(bundle, model=model, params=params, head=head, labels=labels)
 
 
 def abstract_params(model, seed: int = 0) -> dict:
@@ -155,3 +161,51 @@ def export_hf(bundle: Bundle, directory: str) -> None:
   if bundle.tokenizer.kind != "wordpiece":
     log.warning("flaxbert: the tokenizer is %s; transformers' BertTokenizer cannot read it, "
                 "load %s/spm.model with sentencepiece", bundle.tokenizer.kind, directory)
+
+
+# --- sentence-transformers checkpoints: their pooling becomes `flaxbert embed`'s default ----
+
+# Pooling/config.json keys -> flaxbert's names (embed implements cls, mean and max; the others
+# are recorded so that embed can say which one a checkpoint wants).
+ST_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                    "pooling_mode_max_tokens": "max",
+                    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+                    "pooling_mode_weightedmean_tokens": "weightedmean",
+                    "pooling_mode_lasttoken": "lasttoken"}
+ST_APPLIED = ("Transformer", "Pooling", "Normalize")
+
+
+def sentence_transformers_embedding(directory: str) -> dict | None:
+  """What a sentence-transformers checkpoint's `modules.json` declares after the encoder:
+  {"pooling": "mean" (several modes joined by "+"; None without a Pooling module),
+  "normalize": a Normalize module follows, "max_length": sentence_bert_config.json's
+  max_seq_length or None}; None for a plain HF directory (no modules.json)."""
+  path = os.path.join(directory, "modules.json")
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      modules = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise FlaxbertError(f"{path}: malformed JSON ({e})") from None
+  if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+    raise FlaxbertError(f"{path}: expected a JSON list of modules")
+  kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+  if any(kind not in ST_APPLIED for kind in kinds):
+    log.warning("flaxbert: %s: sentence-transformers modules %s are not applied by embed",
+                path, ", ".join(k for k in kinds if k not in ST_APPLIED))
+  pooling = None
+  for module, kind in zip(modules, kinds):
+    if kind == "Pooling":
+      config = read_json(os.path.join(directory, str(module.get("path", "")), "config.json"))
+      pooling = "+".join(name for key, name in ST_POOLING_MODES.items() if config.get(key))
+  settings_path = os.path.join(directory, "sentence_bert_config.json")
+  settings = read_json(settings_path) if os.path.isfile(settings_path) else {}
+  max_length = settings.get("max_seq_length")
+  return {"pooling": pooling or None, "normalize": "Normalize" in kinds,
+          "max_length": max_length if isinstance(max_length, int) else None}
+
+
+def sentence_embedding_meta(bundle: Bundle) -> dict:
+  """The bundle config.json entry that keeps a sentence-transformers pooling default."""
+  return {"sentence_embedding": bundle.sentence_embedding} if bundle.sentence_embedding else {}

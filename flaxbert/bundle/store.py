@@ -35,6 +35,9 @@ class Bundle:
   config: Any            # BertConfig or EncDecConfig
   head: str
   labels: list[str] | None = None
+  # How sentence embeddings are pooled by default ({"pooling", "normalize", "max_length"}),
+  # as a sentence-transformers checkpoint declares it (bundle/bert.py); None: no default.
+  sentence_embedding: dict | None = None
 
   def __iter__(self):
     return iter((self.model, self.params, self.tokenizer))

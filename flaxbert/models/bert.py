@@ -131,9 +131,13 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-  """Post-LN block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x)))."""
+  """Post-LN block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x))).
+
+  `collect`: also emit the block's output as the scan's per-layer output (stacked by
+  `Encoder`); off by default, so the usual path stacks nothing."""
 
   config: BertConfig
+  collect: bool = False
 
   @nn.compact
   def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
@@ -146,17 +150,21 @@ class EncoderLayer(nn.Module):
     h_BxLxD = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h_BxLxF)
     h_BxLxD = nn.Dropout(cfg.hidden_dropout)(h_BxLxD, deterministic=deterministic)
     x_BxLxD = layer_norm(cfg, "output_norm")(x_BxLxD + h_BxLxD)
-    return constrain(x_BxLxD.astype(cfg.dtype), ("batch", "length", "embed")), None
+    x_BxLxD = constrain(x_BxLxD.astype(cfg.dtype), ("batch", "length", "embed"))
+    return x_BxLxD, (x_BxLxD if self.collect else None)
 
 
 class Encoder(nn.Module):
   """`num_layers` EncoderLayers under `nn.scan`: one compiled body, parameters stacked on a
-  leading 'layers' axis, optional rematerialisation of each layer."""
+  leading 'layers' axis, optional rematerialisation of each layer.
+
+  Returns the last layer's output, or with `all_layers` (last, every layer's output
+  num_layers x B x L x D)."""
 
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool, all_layers: bool = False):
     cfg = self.config
     layer = EncoderLayer
     if cfg.remat:
@@ -165,8 +173,9 @@ class Encoder(nn.Module):
                     split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BxLxD, _ = stack(cfg, name="layers")(x_BxLxD, mask_BxL, deterministic)
-    return x_BxLxD
+    x_BxLxD, layers_NxBxLxD = stack(cfg, all_layers, name="layers")(x_BxLxD, mask_BxL,
+                                                                    deterministic)
+    return (x_BxLxD, layers_NxBxLxD) if all_layers else x_BxLxD
 
 
 class Pooler(nn.Module):
@@ -186,7 +195,10 @@ class Pooler(nn.Module):
 
 
 class BertModel(nn.Module):
-  """Encoder + pooler. Returns (sequence output B x L x D, pooled B x D) in compute dtype."""
+  """Encoder + pooler. Returns (sequence output B x L x D, pooled B x D) in compute dtype;
+  with `all_layers` also every hidden state, (num_layers + 1) x B x L x D: the embeddings'
+  output then each layer's, as transformers' `hidden_states` (so index -1 is the last layer
+  and BERT's extract_features layer numbers -1, -2, ... mean the same)."""
 
   config: BertConfig
 
@@ -197,7 +209,7 @@ class BertModel(nn.Module):
 
   def __call__(self, input_ids_BxL, segment_ids_BxL=None, input_mask_BxL=None,
                position_ids_BxL=None, deterministic: bool = True, packed: bool = False,
-               cls_positions_BxE=None):
+               cls_positions_BxE=None, all_layers: bool = False):
     """packed: `input_mask_BxL` holds each token's example number within its row (0 for
     padding) and attention stays within an example; pass each example's `position_ids` and
     its [CLS] positions for the pooled vectors (B x E x D)."""
@@ -210,8 +222,13 @@ class BertModel(nn.Module):
                                           input_ids_BxL.shape)
     x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, position_ids_BxL, deterministic)
     mask = attention_lib.pair_mask(input_mask_BxL) if packed else input_mask_BxL
-    x_BxLxD = self.encoder(x_BxLxD, mask, deterministic)
-    return x_BxLxD, self.pooler(x_BxLxD, cls_positions_BxE)
+    if not all_layers:
+      x_BxLxD = self.encoder(x_BxLxD, mask, deterministic)
+      return x_BxLxD, self.pooler(x_BxLxD, cls_positions_BxE)
+    embedded_BxLxD = x_BxLxD   # K = num_layers + 1 hidden states: this, then each layer's
+    x_BxLxD, layers_NxBxLxD = self.encoder(x_BxLxD, mask, deterministic, all_layers=True)
+    hidden_KxBxLxD = jnp.concatenate([embedded_BxLxD[None], layers_NxBxLxD])
+    return x_BxLxD, self.pooler(x_BxLxD, cls_positions_BxE), hidden_KxBxLxD
 
   def word_table(self):
     return self.embeddings.word_table()

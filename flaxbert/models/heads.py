@@ -59,15 +59,22 @@ class Classifier(nn.Module):
 
 
 class BertEncoder(nn.Module):
-  """The bare encoder: per-token hidden states and the pooled [CLS] vector."""
+  """The bare encoder: per-token hidden states and the pooled [CLS] vector; with
+  `all_layers` also "all_hidden", every hidden state ((num_layers + 1) x B x L x D: the
+  embeddings' output, then each layer's, as transformers' `hidden_states`)."""
 
   config: BertConfig
+  all_layers: bool = False
 
   @nn.compact
   def __call__(self, input_ids, segment_ids=None, input_mask=None, deterministic=True):
-    seq_BxLxD, pooled_BxD = BertModel(self.config, name="bert")(
-        input_ids, segment_ids, input_mask, deterministic=deterministic)
-    return {"hidden": seq_BxLxD.astype(jnp.float32), "pooled": pooled_BxD.astype(jnp.float32)}
+    out = BertModel(self.config, name="bert")(input_ids, segment_ids, input_mask,
+                                              deterministic=deterministic,
+                                              all_layers=self.all_layers)
+    result = {"hidden": out[0].astype(jnp.float32), "pooled": out[1].astype(jnp.float32)}
+    if self.all_layers:
+      result["all_hidden"] = out[2].astype(jnp.float32)
+    return result
 
 
 class BertForPreTraining(nn.Module):
