@@ -11,8 +11,8 @@ The fine-tuned tasks run through the task code `flaxbert predict` runs (flaxbert
 bundle's finetune.json settings (keyword settings override them, as predict's flags do), the
 same ids, the same decoding, so a text gets the prediction predict writes for it. Only the
 batching differs: rows are sorted by length and each batch padded to a bucket length
-(inference/bucketing.py), which changes no prediction (probabilities agree to float32
-rounding).
+(inference/bucketing.py); rows never see each other's padding, so the outputs agree with
+predict's to float32 rounding (tests/test_pipeline.py holds them to it).
 
 Offsets are characters, end exclusive: ner's into the text as given (its words are the text
 split on whitespace, as a CoNLL file's words), qa's into the context (an unanswered v2.0
