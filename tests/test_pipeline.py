@@ -76,13 +76,14 @@ def _predict(bundle, task, source, output, *extra):
 
 
 def test_classify_and_regression_equal_predict(bundles, tmp_path):
+  run = pipeline("classify", bundles["classify"], batch_size=8)
   for name in ("sentiment/dev.tsv", "wsd_pairs/dev.tsv"):   # sentences, then sentence pairs
     source = _head(name, 30, tmp_path)
     _predict(bundles["classify"], "classify", source, tmp_path / "pred.tsv")
     table = classify.read_table(str(tmp_path / "pred.tsv"), need_label=True)
     a, b = table.texts
     texts = a if b is None else list(zip(a, b))
-    got = pipeline("classify", bundles["classify"], batch_size=8)(texts)
+    got = run(texts)
     assert [g["label"] for g in got] == table.column("prediction")
     assert len(set(table.column("prediction"))) > 1, "a weak test: one label for every row"
     for label in ("negative", "neutral", "positive"):
@@ -92,8 +93,8 @@ def test_classify_and_regression_equal_predict(bundles, tmp_path):
       assert g["score"] == g["scores"][g["label"]] == max(g["scores"].values())
       assert sum(g["scores"].values()) == pytest.approx(1.0)
   # One text in, one result out; a regression bundle gives its value.
-  single = pipeline("classify", bundles["classify"])(texts[0][0])
-  assert set(single) == {"label", "score", "scores"}
+  single = run(texts[0][0])
+  assert single == run([texts[0][0]])[0] and set(single) == {"label", "score", "scores"}
   _predict(bundles["regression"], "regression", source, tmp_path / "reg.tsv")
   values = classify.read_table(str(tmp_path / "reg.tsv"), need_label=True).column("prediction")
   got = pipeline("classify", bundles["regression"], batch_size=8)(texts)   # classify serves it
