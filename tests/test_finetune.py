@@ -73,7 +73,7 @@ def test_classify_sentiment_predict_evaluate(minilm_dir, tmp_path):
                          "--output", tmp_path / "pred.tsv", "--quiet")
   assert rc == 0, err[-3000:]
   assert open(tmp_path / "pred.tsv").readline().rstrip("\n").split("\t") == [
-      "sentence", "label", "prediction"]
+      "sentence", "label", "prediction", "prob_negative", "prob_neutral", "prob_positive"]
   rc, out, err = call_cli("evaluate", "--task", "classify", "--predictions",
                           tmp_path / "pred.tsv")
   assert rc == 0, err

@@ -1,4 +1,5 @@
-"""`flaxbert evaluate --task T --predictions FILE [--gold FILE]`: scores as JSON on stdout."""
+"""`flaxbert evaluate --task T --predictions FILE [--gold FILE] [--null-odds FILE]`: scores as
+JSON on stdout."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 
 def run_evaluate(args) -> None:
   from flaxbert.tasks.predict import score_file
-  print(json.dumps(score_file(args.task, args.predictions, args.gold), indent=1))
+  print(json.dumps(score_file(args.task, args.predictions, args.gold, args.null_odds),
+                   indent=1))
 
 
 def register(sub) -> None:
@@ -19,4 +21,7 @@ def register(sub) -> None:
                  "column of the predictions file; qa: the SQuAD JSON, required; seq2seq: the "
                  "source<TAB>target TSV (or one reference per line), required: sacrebleu "
                  "corpus BLEU and chrF)")
+  p.add_argument("--null-odds", help="qa, SQuAD v2.0: the null_odds.json `predict` wrote "
+                 "beside the predictions; adds best_exact, best_f1 and their thresholds, "
+                 "as the official evaluate-v2.0.py")
   p.set_defaults(func=run_evaluate)

@@ -2,6 +2,11 @@
 
 Input TSV: a header row naming the columns (`sentence` or `sentence1`+`sentence2`, and
 `label`), or no header with 2 (sentence, label) or 3 (sentence1, sentence2, label) columns.
+
+Classification predictions are written as the input rows plus a `prediction` column and one
+`prob_<label>` column per label (the softmax of the logits), always under a header row (the
+input's, or the column names inferred for a headerless input); regression predictions add the
+`prediction` column alone, with a header only if the input had one.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scipy import stats
+from scipy import special, stats
 
 from flaxbert.data import readers
 from flaxbert.errors import FlaxbertError
@@ -91,14 +96,25 @@ def read_table(path: str, *, need_label: bool) -> TsvTable:
   return TsvTable(path, header, columns, rows, numbers)
 
 
+PROBABILITY_PREFIX = "prob_"
+
+
 def write_table(table: TsvTable, predictions: Sequence[str], path: str) -> None:
-  """The input rows with a `prediction` column appended (header too, if it had one)."""
+  """The input rows with a `prediction` column appended (header too, if it had one), and
+  with `prob_<label>` columns after it when `predictions` carries probabilities (a
+  `ScoredLabels`): then always under a header, which names the extra columns."""
+  probabilities = getattr(predictions, "probabilities", None)
+  header = None if table.header is None and probabilities is None else \
+      (table.header or table.columns) + ["prediction"]
+  if probabilities is not None:
+    header += [PROBABILITY_PREFIX + label for label in predictions.label_names]
   tmp = path + ".partial"
   with open(tmp, "w", encoding="utf-8") as f:
-    if table.header is not None:
-      f.write("\t".join(table.header + ["prediction"]) + "\n")
-    for row, prediction in zip(table.rows, predictions):
-      f.write("\t".join(row + [str(prediction)]) + "\n")
+    if header is not None:
+      f.write("\t".join(header) + "\n")
+    for i, (row, prediction) in enumerate(zip(table.rows, predictions)):
+      extra = [] if probabilities is None else [f"{p:.6g}" for p in probabilities[i]]
+      f.write("\t".join(row + [str(prediction)] + extra) + "\n")
   os.replace(tmp, path)
 
 
@@ -113,31 +129,57 @@ def write_rows(path: str, header: list[str], rows: list[list[str]]) -> None:
 
 # --- a file prepared for the model, its predictions, their scores --------------------------
 
+class ScoredLabels(list):
+  """Predicted labels, one per row (a list, as scoring and writing take them), with what
+  they came from: `probabilities` (rows x labels, the softmax of the logits, columns in
+  `label_names` order) for classification, `values` (the raw floats) for regression."""
+
+  def __init__(self, labels: Sequence[str], label_names: Sequence[str] | None = None,
+               probabilities: np.ndarray | None = None, values: np.ndarray | None = None):
+    super().__init__(labels)
+    self.label_names, self.probabilities, self.values = label_names, probabilities, values
+
+
 class ClassifyInputs:
-  """A TSV's rows as padded model inputs; predictions are label names (regression: numbers
-  written with 6 significant digits)."""
+  """A TSV's rows (or texts: `of_texts`) as padded model inputs; predictions are label names
+  with their probabilities (regression: numbers written with 6 significant digits)."""
 
   def __init__(self, tokenizer, max_seq_length: int, labels, path: str, need_label: bool,
                regression: bool = False):
     self.table = read_table(path, need_label=need_label)
-    self.labels, self.regression = labels, regression
     a, b = self.table.texts
-    rows = tokenizer.encode_inputs(list(zip(a, b if b is not None else [None] * len(a))),
-                                   max_seq_length)
+    self._encode(tokenizer, max_seq_length, labels, regression,
+                 list(zip(a, b if b is not None else [None] * len(a))))
+
+  @classmethod
+  def of_texts(cls, tokenizer, max_seq_length: int, labels,
+               texts: Sequence[tuple[str, str | None]], regression: bool = False
+               ) -> "ClassifyInputs":
+    """(text_a, text_b or None) rows given in memory (the pipeline's): no table to write."""
+    inputs = cls.__new__(cls)
+    inputs.table = None
+    inputs._encode(tokenizer, max_seq_length, labels, regression, list(texts))
+    return inputs
+
+  def _encode(self, tokenizer, max_seq_length, labels, regression, texts):
+    self.labels, self.regression = labels, regression
+    rows = tokenizer.encode_inputs(texts, max_seq_length)
     self.arrays = {k: stack_padded([r[k] for r in rows], max_seq_length,
                                    tokenizer.pad_id if k == "input_ids" else 0)
                    for k in ("input_ids", "segment_ids", "input_mask")}
 
-  def predictions(self, outputs) -> list[str]:
-    logits = outputs["logits"]
+  def predictions(self, outputs) -> ScoredLabels:
+    logits_NxC = np.asarray(outputs["logits"], np.float64)
     if self.regression:
-      return [f"{v:.6g}" for v in logits[:, 0].tolist()]
-    return [self.labels[i] for i in np.argmax(logits, axis=-1).tolist()]
+      return ScoredLabels([f"{v:.6g}" for v in logits_NxC[:, 0].tolist()],
+                          values=logits_NxC[:, 0])
+    return ScoredLabels([self.labels[i] for i in np.argmax(logits_NxC, axis=-1).tolist()],
+                        self.labels, special.softmax(logits_NxC, axis=-1))
 
   def gold(self) -> list[str]:
     return [g.strip() for g in self.table.column("label")]
 
-  def score(self, predicted) -> dict[str, float]:
+  def score(self, predicted) -> dict:
     gold = self.gold()
     if self.regression:
       return regression_metrics(parse_float(self.table, gold, "label"),
@@ -149,14 +191,17 @@ class ClassifyInputs:
 
 
 def score_files(predictions: str, gold: str | None, regression: bool | None = None
-                ) -> dict[str, float]:
-  """Scores of a `predict` TSV (its last column) against `gold`'s label column, or against
-  its own label column. `regression=None`: regression metrics when labels or predictions are
-  not all integers."""
+                ) -> dict:
+  """Scores of a `predict` TSV (its `prediction` column; without a header, its last column)
+  against `gold`'s label column, or against its own label column. `regression=None`:
+  regression metrics when labels or predictions are not all integers."""
   table = read_table(predictions, need_label=gold is None)
   if not table.has("prediction") and table.header is not None:
     raise FlaxbertError(f"{predictions}:1: missing column 'prediction'")
-  predicted = [r[-1].strip() for r in table.rows]
+  # The last `prediction` column: a predictions file given to predict again keeps its own.
+  column = len(table.columns) - 1 - table.columns[::-1].index("prediction") \
+      if table.header is not None else -1
+  predicted = [r[column].strip() for r in table.rows]
   if gold is None:
     if table.header is None:   # no header: the column before the prediction is the label
       labels = [r[-2].strip() for r in table.rows]
@@ -220,9 +265,39 @@ def matthews(gold: Sequence, pred: Sequence) -> float:
   return float(cov_ytyp / denom) if denom else 0.0
 
 
-def classification_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
+def confusion_matrix(gold: Sequence[str], pred: Sequence[str]) -> tuple[list[str], np.ndarray]:
+  """(the labels of gold and predictions, sorted; counts: rows gold, columns predicted)."""
+  labels = sorted(set(gold) | set(pred))
+  index = {label: i for i, label in enumerate(labels)}
+  matrix = np.zeros((len(labels), len(labels)), np.int64)
+  np.add.at(matrix, (np.asarray([index[g] for g in gold], np.int64),
+                     np.asarray([index[p] for p in pred], np.int64)), 1)
+  return labels, matrix
+
+
+def per_class(labels: Sequence[str], matrix: np.ndarray) -> dict[str, dict]:
+  """{label: {precision, recall, f1, support}} of a confusion matrix (0 where a ratio has no
+  denominator, as sklearn's zero_division=0)."""
+  tp, gold_n, pred_n = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+  out = {}
+  for i, label in enumerate(labels):
+    out[label] = {"precision": float(tp[i] / pred_n[i]) if pred_n[i] else 0.0,
+                  "recall": float(tp[i] / gold_n[i]) if gold_n[i] else 0.0,
+                  "f1": float(2 * tp[i] / (pred_n[i] + gold_n[i])) if gold_n[i] + pred_n[i]
+                  else 0.0,
+                  "support": int(gold_n[i])}
+  return out
+
+
+def classification_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict:
+  """accuracy, macro_f1, matthews (floats); `confusion_matrix` {"labels", "matrix": rows
+  gold, columns predicted} and `per_class` {label: {precision, recall, f1, support}}, in
+  plain ints and floats (JSON as they are)."""
+  labels, matrix = confusion_matrix(gold, pred)
   return {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred),
-          "matthews": matthews(gold, pred)}
+          "matthews": matthews(gold, pred),
+          "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
+          "per_class": per_class(labels, matrix)}
 
 
 def regression_metrics(gold: Sequence[float], pred: Sequence[float]) -> dict[str, float]:

@@ -43,22 +43,32 @@ class TaskSettings:
     return cls(**{k: v for k, v in stored.items() if k in fields})
 
 
-def predict_file(bundle_path: str, task: str, input_path: str, output_path: str, *,
-                 batch_size: int = 64, mesh_spec: str | None = None, show_progress: bool = True,
-                 **overrides) -> int:
-  """Writes `output_path` for `input_path` with the fine-tuned bundle; returns rows done.
-  `overrides`: TaskSettings fields (None keeps the bundle's own)."""
+def load_for_task(bundle_path: str, task: str, **overrides):
+  """(bundle, settings, the task that serves it) for predicting `task` with a fine-tuned
+  bundle: its finetune.json settings under `overrides` (None keeps the bundle's own), checked
+  by the task's `for_bundle`. `flaxbert predict` and flaxbert.pipeline both start here."""
   wanted = registry.get(task)
-  out_dir = os.path.dirname(os.path.abspath(output_path))
-  if not os.path.isdir(out_dir):
-    raise FlaxbertError(f"{out_dir}: output directory does not exist")
-  if batch_size < 1:
-    raise FlaxbertError(f"--batch-size must be positive, got {batch_size}")
   bundle = bundle_lib.load(bundle_path)
   settings = TaskSettings.of_bundle(bundle_path, task=task, **overrides)
   served = wanted.for_bundle(bundle, bundle_path, settings)
   settings = dataclasses.replace(settings, task=served.name,
                                  regression=served.head == "regression")
+  return bundle, settings, served
+
+
+def predict_file(bundle_path: str, task: str, input_path: str, output_path: str, *,
+                 batch_size: int = 64, mesh_spec: str | None = None, show_progress: bool = True,
+                 **overrides) -> int:
+  """Writes `output_path` for `input_path` with the fine-tuned bundle (and what the task
+  writes beside it: ner's spans, qa's n-best answers and null odds); returns rows done.
+  `overrides`: TaskSettings fields (None keeps the bundle's own)."""
+  registry.get(task)
+  out_dir = os.path.dirname(os.path.abspath(output_path))
+  if not os.path.isdir(out_dir):
+    raise FlaxbertError(f"{out_dir}: output directory does not exist")
+  if batch_size < 1:
+    raise FlaxbertError(f"--batch-size must be positive, got {batch_size}")
+  bundle, settings, served = load_for_task(bundle_path, task, **overrides)
   inputs = served.inputs(bundle.tokenizer, settings, bundle.labels, input_path, need_label=False)
   mesh = mesh_lib.make_mesh(mesh_spec)
   predict = served.make_predict(bundle.model, mesh, batch_size, show_progress)
@@ -67,5 +77,8 @@ def predict_file(bundle_path: str, task: str, input_path: str, output_path: str,
   return len(predicted)
 
 
-def score_file(task: str, predictions: str, gold: str | None = None) -> dict[str, float]:
-  return registry.get(task).score_file(predictions, gold)
+def score_file(task: str, predictions: str, gold: str | None = None,
+               null_odds: str | None = None) -> dict:
+  """The task's scores of a predictions file; `null_odds` (qa, SQuAD v2.0): the
+  null_odds.json predict wrote, for the best-threshold scores."""
+  return registry.get(task).score_file(predictions, gold, null_odds)

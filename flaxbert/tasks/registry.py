@@ -10,9 +10,12 @@
 
 A task checks and subsamples its training files and finds their label names
 (`prepare_files`: the one place dev labels are checked against the training labels), prepares
-a file for its model (`inputs`), runs the model over it (`make_predict`), scores predictions
-(`inputs(...).score`, `score_file`) and gives the dev scores of the trivial baseline a model
-must beat (`baseline`).
+a file for its model (`inputs`; texts in memory: `text_inputs`, for flaxbert.pipeline), runs
+the model over it (`make_predict`), scores predictions (`inputs(...).score`, `score_file`)
+and gives the dev scores of the trivial baseline a model must beat (`baseline`).
+
+Score dicts hold floats (the metrics a run logs) and richer entries beside them: classify's
+`confusion_matrix` and `per_class`, ner's `per_class`, qa's counts.
 """
 
 from __future__ import annotations
@@ -109,9 +112,18 @@ class Task:
     return self
 
   def inputs(self, tokenizer, settings, labels, path: str, *, need_label: bool):
-    """`path` prepared for the model: `.predictions(outputs)`, `.score(predicted)`,
-    `.write(predicted, path)`; `need_label`: the gold labels must be there (dev files)."""
+    """`path` prepared for the model: `.arrays` (padded N x max_seq_length model inputs),
+    `.predictions(outputs)`, `.score(predicted)`, `.write(predicted, path)`; `need_label`: the
+    gold labels must be there (dev files)."""
     raise NotImplementedError
+
+  def text_inputs(self, tokenizer, settings, labels, texts: list):
+    """Like `inputs`, for inputs given in memory (the task's pipeline inputs, checked)."""
+    raise FlaxbertError(f"{self.name!r} has no pipeline")
+
+  # Model outputs with a position axis (axis 1): the length-bucketed pipeline cuts them to
+  # each row's length and pads them back to max_seq_length for `.predictions`.
+  per_token_outputs = ()
 
   def make_predict(self, model, mesh, batch_size: int, show_progress: bool = False
                    ) -> Callable:
@@ -123,8 +135,13 @@ class Task:
     """Host parameters placed for `make_predict`'s function."""
     return jax.device_put(params, mesh_lib.replicated(mesh))
 
-  def score_file(self, predictions: str, gold: str | None) -> dict[str, float]:
+  def score_file(self, predictions: str, gold: str | None, null_odds: str | None = None
+                 ) -> dict:
     raise NotImplementedError
+
+  def _no_null_odds(self, null_odds: str | None) -> None:
+    if null_odds is not None:
+      raise FlaxbertError(f"--null-odds applies to qa only, not {self.name!r}")
 
   def baseline(self, dev, prepared: PreparedFiles) -> dict[str, float]:
     """Dev scores of the trivial baseline, `dev` being the dev file's `inputs`."""
@@ -202,7 +219,22 @@ class ClassifyTask(Task):
     return classify.ClassifyInputs(tokenizer, settings.max_seq_length, labels, path,
                                    need_label, regression=self.regression)
 
-  def score_file(self, predictions, gold):
+  def text_inputs(self, tokenizer, settings, labels, texts):
+    rows = []
+    for i, text in enumerate(texts):
+      if isinstance(text, str):
+        rows.append((text, None))
+      elif isinstance(text, (tuple, list)) and len(text) == 2 and all(
+          isinstance(t, str) for t in text):
+        rows.append(tuple(text))
+      else:
+        raise FlaxbertError(f"input {i}: expected a text or a (text_a, text_b) pair of texts, "
+                            f"got {type(text).__name__}")
+    return classify.ClassifyInputs.of_texts(tokenizer, settings.max_seq_length, labels, rows,
+                                            regression=self.regression)
+
+  def score_file(self, predictions, gold, null_odds=None):
+    self._no_null_odds(null_odds)
     # classify keeps guessing regression from numeric labels, as before the regression task
     return classify.score_files(predictions, gold, regression=True if self.regression else None)
 
@@ -249,10 +281,19 @@ class NerTask(Task):
       raise FlaxbertError(f"{path}: the bundle records no label names")
     return task
 
+  per_token_outputs = ("logits",)
+
   def inputs(self, tokenizer, settings, labels, path, *, need_label):
     return ner.NerInputs(tokenizer, settings.max_seq_length, labels, path, need_label)
 
-  def score_file(self, predictions, gold):
+  def text_inputs(self, tokenizer, settings, labels, texts):
+    for i, text in enumerate(texts):
+      if not isinstance(text, str):
+        raise FlaxbertError(f"input {i}: expected a text, got {type(text).__name__}")
+    return ner.NerInputs.of_texts(tokenizer, settings.max_seq_length, labels, texts)
+
+  def score_file(self, predictions, gold, null_odds=None):
+    self._no_null_odds(null_odds)
     return ner.score_files(predictions, gold)
 
   def baseline(self, dev, prepared):
@@ -280,11 +321,30 @@ class QaTask(Task):
   def data_settings(self, labels, settings):
     return {"doc_stride": settings.doc_stride, "max_query_length": settings.max_query_length}
 
+  per_token_outputs = ("start_logits", "end_logits")
+
   def inputs(self, tokenizer, settings, labels, path, *, need_label):
     return squad.QaInputs(tokenizer, settings, path, need_label)
 
-  def score_file(self, predictions, gold):
-    return squad.score_files(predictions, gold)
+  def text_inputs(self, tokenizer, settings, labels, texts):
+    """(question, context) pairs or {"question", "context"} dicts; ids are their indices."""
+    questions = []
+    for i, item in enumerate(texts):
+      if isinstance(item, dict) and isinstance(item.get("question"), str) and \
+          isinstance(item.get("context"), str):
+        question, context = item["question"], item["context"]
+      elif isinstance(item, (tuple, list)) and len(item) == 2 and all(
+          isinstance(t, str) for t in item):
+        question, context = item
+      else:
+        raise FlaxbertError(f"input {i}: expected a (question, context) pair or a dict with "
+                            "'question' and 'context' texts")
+      questions.append({"id": str(i), "question": question, "context": context,
+                        "answers": []})
+    return squad.QaInputs.of_questions(tokenizer, settings, questions)
+
+  def score_file(self, predictions, gold, null_odds=None):
+    return squad.score_files(predictions, gold, null_odds)
 
   def baseline(self, dev, prepared):
     return dev.score({q["id"]: "" for q in dev.questions})
@@ -324,7 +384,8 @@ class Seq2SeqTask(Task):
   def place(self, params, mesh):
     return params   # decoding runs on the default device, as `translate` always has
 
-  def score_file(self, predictions, gold):
+  def score_file(self, predictions, gold, null_odds=None):
+    self._no_null_odds(null_odds)
     return seq2seq.score_files(predictions, gold)
 
   def baseline(self, dev, prepared):

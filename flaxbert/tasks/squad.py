@@ -4,6 +4,12 @@
 (evaluate-v1.1.py / evaluate-v2.0.py): lowercase, punctuation removed, the articles
 a/an/the removed, whitespace collapsed; a question's score is its best over the gold answers.
 v2.0's unanswerable questions have the gold answer "" (as the v2.0 script).
+
+Besides the answers (`predictions.json`-style: id -> text), the search gives what BERT's
+run_squad.py writes beside them: `nbest_predictions.json` (per id, the n best distinct
+answers with their probability, start/end logits and character offsets into the context)
+and, for v2.0, `null_odds.json` (per id, the null score minus the best non-null score);
+`best_thresholds` is evaluate-v2.0.py's search for the best null threshold over those odds.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import string
 from typing import Iterable, Sequence
 
 import numpy as np
+from scipy import special
 
 from flaxbert.data import readers
 from flaxbert.data.finetuning import squad_examples
@@ -55,9 +62,11 @@ def f1(prediction: str, ground_truth: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def score(gold: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
+def score(gold: dict[str, list[str]], predictions: dict[str, str],
+          null_odds: dict[str, float] | None = None) -> dict[str, float]:
   """exact_match and f1 in percent over every gold question (a missing prediction scores 0),
-  plus HasAns/NoAns splits when some questions are unanswerable."""
+  plus HasAns/NoAns splits when some questions are unanswerable, and with `null_odds` (v2.0)
+  best_exact / best_f1 and their thresholds (`best_threshold`)."""
   em = {}
   f = {}
   for qid, answers in gold.items():
@@ -71,14 +80,57 @@ def score(gold: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, 
   n = max(len(gold), 1)
   out = {"exact_match": 100.0 * sum(em.values()) / n, "f1": 100.0 * sum(f.values()) / n,
          "total": len(gold), "missing": sum(1 for q in gold if q not in predictions)}
-  no_answer = [q for q, a in gold.items() if not any(normalize_answer(x) for x in a)]
+  no_answer = [q for q, a in gold.items() if not has_answer(a)]
   if no_answer:
     has = [q for q in gold if q not in set(no_answer)]
     for name, ids in (("HasAns", has), ("NoAns", no_answer)):
       if ids:
         out[f"{name}_exact_match"] = 100.0 * sum(em[q] for q in ids) / len(ids)
         out[f"{name}_f1"] = 100.0 * sum(f[q] for q in ids) / len(ids)
+        out[f"{name}_total"] = len(ids)
+  if null_odds is not None:
+    answered = {q: predictions[q] for q in gold if q in predictions}
+    out.update(best_thresholds(
+        answered, {q: em[q] for q in answered},
+        {q: f[q] for q in answered}, null_odds, {q: has_answer(a) for q, a in gold.items()}))
   return out
+
+
+def has_answer(answers: Sequence[str]) -> bool:
+  return any(normalize_answer(a) for a in answers)
+
+
+def best_threshold(predictions: dict[str, str], scores: dict[str, float],
+                   null_odds: dict[str, float], has_ans: dict[str, bool]) -> tuple[float, float]:
+  """(best score in percent, its threshold) over null thresholds, as evaluate-v2.0.py's
+  find_best_thresh: start from every question answered "" (the unanswerable ones right),
+  then answer them in increasing order of null odds, each one answered adding its score
+  (an unanswerable one answered with text loses its point); the best running total, and the
+  odds of the question that reached it (0.0 if answering none is best). `scores` hold the
+  questions with a prediction (the total divides by their number); `has_ans` every gold
+  question."""
+  current = best = float(sum(1 for q in has_ans if not has_ans[q]))
+  threshold = 0.0
+  for qid in sorted(null_odds, key=lambda q: null_odds[q]):
+    if qid not in scores:
+      continue
+    if has_ans[qid]:
+      current += scores[qid]
+    elif predictions[qid]:
+      current -= 1
+    if current > best:
+      best, threshold = current, null_odds[qid]
+  return 100.0 * best / len(scores), threshold
+
+
+def best_thresholds(predictions, exact, f1s, null_odds, has_ans) -> dict[str, float]:
+  """best_exact, best_exact_thresh, best_f1, best_f1_thresh (find_all_best_thresh)."""
+  if not exact:
+    return {}
+  best_exact, exact_threshold = best_threshold(predictions, exact, null_odds, has_ans)
+  best_f1, f1_threshold = best_threshold(predictions, f1s, null_odds, has_ans)
+  return {"best_exact": best_exact, "best_exact_thresh": float(exact_threshold),
+          "best_f1": best_f1, "best_f1_thresh": float(f1_threshold)}
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -173,51 +225,110 @@ def window_arrays(windows: Sequence[dict], max_seq_length: int, pad_id: int
   return out
 
 
+class Answers(dict):
+  """Question id -> answer text (a dict, as scoring and writing take it), with `nbest`: id ->
+  the n best distinct answers, best first, each {text, probability (softmax over the list's
+  scores), start_logit, end_logit, start, end (character offsets into the context; 0, 0 for
+  the null answer "")}, and `null_odds` (v2.0 only, else None): id -> null score minus the
+  best non-null score (as run_squad.py; with no valid span the best non-null score counts
+  as 0, run_squad's placeholder, and the answer is "")."""
+
+  def __init__(self, answers: dict[str, str], nbest: dict[str, list[dict]],
+               null_odds: dict[str, float] | None):
+    super().__init__(answers)
+    self.nbest, self.null_odds = nbest, null_odds
+
+
+def _ranked(logits_S: np.ndarray, valid_S: np.ndarray, n_best: int) -> np.ndarray:
+  """The n_best positions of the largest logits among the valid (context) ones."""
+  order = np.argsort(-np.where(valid_S, logits_S, -np.inf), kind="stable")[:n_best]
+  return order[valid_S[order]]
+
+
 def best_answers(questions: Sequence[dict], window_ids: Sequence[str], arrays: dict,
                  start_logits: np.ndarray, end_logits: np.ndarray, *, n_best: int = 20,
                  max_answer_length: int = 30, null_threshold: float | None = None
-                 ) -> dict[str, str]:
-  """BERT run_squad's search: for each question, the best (start, end) over all its windows
-  among the n_best starts x n_best ends of each window, both inside the context, end >=
-  start, at most max_answer_length tokens, start in its max-context window. Score =
-  start + end logit. With `null_threshold` (v2.0), the answer is "" when the smallest
-  [CLS] score over the windows minus the best span score exceeds the threshold."""
+                 ) -> Answers:
+  """BERT run_squad's search: for each question, the (start, end) pairs over all its windows
+  among the n_best starts x n_best ends of each window's context tokens, end >= start, at
+  most max_answer_length tokens, start in its max-context window; score = start + end logit.
+  The answer is the best one's text. With `null_threshold` (v2.0), the answer is "" when the
+  null score (the smallest [CLS] start + end over the windows) minus the best span score
+  exceeds the threshold. (run_squad ranks starts and ends over every position, question and
+  padding too; ranking the context alone finds every pair that would find and more, and makes
+  the answer independent of how far a window is padded.)"""
   by_question = collections.defaultdict(list)
   for row, qid in enumerate(window_ids):
     by_question[qid].append(row)
-  answers = {}
+  answers, nbest, null_odds = {}, {}, {} if null_threshold is not None else None
   for question in questions:
     qid, context = question["id"], question["context"]
-    best_score, best_text = -np.inf, ""
-    null_score = np.inf
+    spans = []   # (score, start logit, end logit, char start, char end) in search order
+    null = None
     for row in by_question.get(qid, []):
       s_logits, e_logits = start_logits[row], end_logits[row]
       char_start, char_end = arrays["token_char_start"][row], arrays["token_char_end"][row]
       max_context = arrays["token_is_max_context"][row]
-      null_score = min(null_score, float(s_logits[0] + e_logits[0]))
-      starts = np.argsort(-s_logits, kind="stable")[:n_best]
-      ends = np.argsort(-e_logits, kind="stable")[:n_best]
-      for s in starts:
-        if char_start[s] < 0 or not max_context[s]:
+      cls_score = float(s_logits[0] + e_logits[0])
+      if null is None or cls_score < null[0]:
+        null = (cls_score, float(s_logits[0]), float(e_logits[0]), 0, 0)
+      for s in _ranked(s_logits, char_start >= 0, n_best):
+        if not max_context[s]:
           continue
-        for e in ends:
-          if char_end[e] < 0 or e < s or e - s + 1 > max_answer_length:
+        for e in _ranked(e_logits, char_end >= 0, n_best):
+          if e < s or e - s + 1 > max_answer_length:
             continue
-          total = float(s_logits[s] + e_logits[e])
-          if total > best_score:
-            best_score, best_text = total, context[char_start[s]:char_end[e]]
-    if null_threshold is not None and (best_score == -np.inf
-                                       or null_score - best_score > null_threshold):
-      best_text = ""
-    answers[qid] = best_text
-  return answers
+          spans.append((float(s_logits[s] + e_logits[e]), float(s_logits[s]),
+                        float(e_logits[e]), int(char_start[s]), int(char_end[e])))
+    candidates = spans + ([null] if null_odds is not None and null is not None else [])
+    # Stable: among equal scores the first found wins, and the null answer comes last.
+    candidates.sort(key=lambda c: -c[0])
+    kept, seen = [], set()
+    for total, s_logit, e_logit, begin, stop in candidates:
+      text = context[begin:stop]
+      if text not in seen:
+        seen.add(text)
+        kept.append((text, total, s_logit, e_logit, begin, stop))
+        if len(kept) >= n_best:
+          break
+    if null_odds is not None and null is not None and "" not in seen:
+      kept.append(("", *null))
+    probabilities = special.softmax(np.array([k[1] for k in kept], np.float64)).tolist() \
+        if kept else []
+    entries = [{"text": text, "probability": p, "start_logit": s_logit, "end_logit": e_logit,
+                "start": begin, "end": stop}
+               for (text, _, s_logit, e_logit, begin, stop), p in zip(kept, probabilities)]
+    best = next((k for k in kept if k[0]), None)
+    answer = best[0] if best is not None else ""
+    if null_odds is not None and null is not None:
+      null_odds[qid] = null[0] - (best[1] if best is not None else 0.0)
+      if best is None or null_odds[qid] > null_threshold:
+        answer = ""
+    answers[qid] = answer
+    nbest[qid] = entries
+  return Answers(answers, nbest, null_odds)
+
+
+def _dump(path: str, content) -> None:
+  """Renamed into place: a kill never leaves half a file."""
+  tmp = path + ".partial"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(content, f, ensure_ascii=False, indent=1)
+  os.replace(tmp, path)
+
+
+NBEST_FILE, NULL_ODDS_FILE = "nbest_predictions.json", "null_odds.json"
 
 
 def write_predictions(path: str, answers: dict[str, str]) -> None:
-  tmp = path + ".partial"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(answers, f, ensure_ascii=False, indent=1)
-  os.replace(tmp, path)
+  """The answers at `path` and, for `Answers`, nbest_predictions.json (and for v2.0
+  null_odds.json) in the same directory, as run_squad.py names them."""
+  _dump(path, dict(answers))
+  directory = os.path.dirname(os.path.abspath(path))
+  if getattr(answers, "nbest", None) is not None:
+    _dump(os.path.join(directory, NBEST_FILE), answers.nbest)
+  if getattr(answers, "null_odds", None) is not None:
+    _dump(os.path.join(directory, NULL_ODDS_FILE), answers.null_odds)
 
 
 def read_predictions(path: str) -> dict[str, str]:
@@ -225,6 +336,15 @@ def read_predictions(path: str) -> dict[str, str]:
   if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
     raise FlaxbertError(f"{path}: expected a JSON object question id -> answer text")
   return data
+
+
+def read_null_odds(path: str) -> dict[str, float]:
+  data = readers._read_json(path)
+  if not isinstance(data, dict) or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()):
+    raise FlaxbertError(f"{path}: expected a JSON object question id -> null odds (a number, "
+                        f"as predict writes to {NULL_ODDS_FILE})")
+  return {k: float(v) for k, v in data.items()}
 
 
 # --- a file prepared for the model, its predictions, their scores --------------------------
@@ -238,28 +358,42 @@ class QaInputs:
   def __init__(self, tokenizer, settings, path: str, need_label: bool):
     if need_label:
       check_answers(path)
-    self.settings = settings
-    self.questions = read_questions(path)
+    self._encode(tokenizer, settings, read_questions(path))
+
+  @classmethod
+  def of_questions(cls, tokenizer, settings, questions: Sequence[dict]) -> "QaInputs":
+    """Questions given in memory (the pipeline's): dicts of id, question, context, answers."""
+    inputs = cls.__new__(cls)
+    inputs._encode(tokenizer, settings, list(questions))
+    return inputs
+
+  def _encode(self, tokenizer, settings, questions):
+    self.settings, self.questions = settings, questions
     windows = [w for _, w in squad_examples(tokenizer, self.questions, settings.max_seq_length,
                                             settings.doc_stride, settings.max_query_length)]
     self.window_ids = [w["example_id"] for w in windows]
     self.arrays = window_arrays(windows, settings.max_seq_length, tokenizer.pad_id)
 
-  def predictions(self, outputs) -> dict[str, str]:
+  def predictions(self, outputs) -> Answers:
     s = self.settings
     return best_answers(self.questions, self.window_ids, self.arrays, outputs["start_logits"],
                         outputs["end_logits"], n_best=s.n_best,
                         max_answer_length=s.max_answer_length, null_threshold=s.null_threshold)
 
   def score(self, predicted) -> dict[str, float]:
-    return score(gold_answers(self.questions), predicted)
+    """The official scores; for v2.0 `Answers` also the best null thresholds."""
+    return score(gold_answers(self.questions), predicted, getattr(predicted, "null_odds", None))
 
   def write(self, predicted, path: str) -> None:
     write_predictions(path, predicted)
 
 
-def score_files(predictions: str, gold: str | None) -> dict[str, float]:
+def score_files(predictions: str, gold: str | None, null_odds: str | None = None
+                ) -> dict[str, float]:
+  """The official scores of a predictions file; with a null odds file (v2.0) also
+  best_exact, best_exact_thresh, best_f1, best_f1_thresh."""
   if gold is None:
     raise FlaxbertError("qa: pass the gold SQuAD JSON with --gold")
   check_answers(gold)
-  return score(gold_answers(read_questions(gold)), read_predictions(predictions))
+  return score(gold_answers(read_questions(gold)), read_predictions(predictions),
+               read_null_odds(null_odds) if null_odds is not None else None)
