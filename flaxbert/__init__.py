@@ -3,6 +3,8 @@
 Public entry points:
   flaxbert.load(path, head=, num_labels=, labels=)
                                -> (model, params, tokenizer) from a bundle or an HF BERT dir
+  flaxbert.pipeline(task, path) -> a callable over texts: classify, regression, ner, qa,
+                                  embed, fill-mask
   flaxbert.get_model(name)     -> (model, params) freshly initialised from a preset
   flaxbert.BertConfig          the encoder's frozen config
   flaxbert.FlaxbertError       the one user-facing error type
@@ -35,10 +37,16 @@ def load(path, *, head=None, num_labels=None, labels=None, seed=0):
   return _load(str(path), head=head, num_labels=num_labels, labels=labels, seed=seed)
 
 
+def pipeline(task, path, **kwargs):
+  """A saved model as a function over texts. See `flaxbert.inference.pipeline`."""
+  from flaxbert.inference.pipeline import pipeline as _pipeline
+  return _pipeline(task, path, **kwargs)
+
+
 def get_model(name, *, head="pretraining", num_labels=None, seed=0, **overrides):
   """A freshly initialised preset, by GluonNLP name (`bert_12_768_12`, ...). See `models.factory`."""
   from flaxbert.models.factory import get_model as _get_model
   return _get_model(name, head=head, num_labels=num_labels, seed=seed, **overrides)
 
 
-__all__ = ["BertConfig", "PRESETS", "FlaxbertError", "load", "get_model", "__version__"]
+__all__ = ["BertConfig", "PRESETS", "FlaxbertError", "load", "pipeline", "get_model", "__version__"]

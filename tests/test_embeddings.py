@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+import flaxbert
 from conftest import call_cli
 from flaxbert import bundle as bundle_lib
 from flaxbert.inference.embed import sentence_embeddings
@@ -43,7 +44,7 @@ def test_minilm_equals_sentence_transformers(minilm_dir):
     hidden = model(**inputs).last_hidden_state
   want = st_formula(hidden, inputs["attention_mask"], "mean", True).numpy()
 
-  got = sentence_embeddings(minilm_dir, TEXTS, batch_size=8)
+  got = flaxbert.pipeline("embed", minilm_dir, batch_size=8)(TEXTS)   # sentence_embeddings
   assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)

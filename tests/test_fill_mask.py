@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import transformers
 
+import flaxbert
+
 from conftest import call_cli
 from flaxbert import bundle as bundle_lib
 from flaxbert.data.tokenizer import load_tokenizer
@@ -23,7 +25,8 @@ TEXTS = ["a b c [MASK] d e.", "the quick brown [MASK] jumps over the lazy dog",
 
 
 def test_equals_transformers_pipeline(tiny_hf):
-  ours = fill_mask(tiny_hf, TEXTS, top_k=5, batch_size=2)
+  # Through flaxbert.pipeline, the Python API a user reaches for (it calls fill_mask).
+  ours = flaxbert.pipeline("fill-mask", tiny_hf, top_k=5, batch_size=2)(TEXTS)
   pipe = transformers.pipeline("fill-mask", model=tiny_hf, top_k=5)
   for text, masks in zip(TEXTS, ours):
     want = pipe(text)

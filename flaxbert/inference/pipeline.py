@@ -6,6 +6,8 @@
     pipeline("ner", path)(texts)          # per text [{"type", "text", "start", "end", "score"}]
     pipeline("qa", path)([(question, context), {"question": q, "context": c}])
                                           # [{"answer", "score", "start", "end"}, ...]
+    pipeline("embed", path)(texts)        # N x H float32 sentence vectors (the bundle's pooling)
+    pipeline("fill-mask", path)(texts)    # per text, per [MASK]: [{"token", "score", ...}]
 
 The fine-tuned tasks run through the task code `flaxbert predict` runs (flaxbert/tasks/): the
 bundle's finetune.json settings (keyword settings override them, as predict's flags do), the
@@ -34,8 +36,11 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from flaxbert import bundle as bundle_lib
 from flaxbert.errors import FlaxbertError
 from flaxbert.inference import bucketing
+from flaxbert.inference.embed import sentence_embeddings
+from flaxbert.inference.fill_mask import fill_mask
 from flaxbert.tasks import ner
 from flaxbert.tasks.predict import TaskSettings, load_for_task
 from flaxbert.tasks.runner import INPUT_KEYS
@@ -127,6 +132,23 @@ def _qa_results(prepared, predicted, items) -> list[dict]:
   return out
 
 
+class BundlePipeline:
+  """A bundle loaded once for `sentence_embeddings` or `fill_mask` (inference/embed.py,
+  inference/fill_mask.py), which batch by length and keep their compiled shapes per bundle;
+  `settings` are that function's keywords (embed: pooling, normalize, layers; fill-mask:
+  top_k)."""
+
+  def __init__(self, function: Callable, path: str, *, batch_size: int = 32,
+               max_length: int | None = None, **settings):
+    self._function, self._settings = function, settings
+    self._bundle = bundle_lib.load(str(path))
+    self._settings.update(batch_size=batch_size, max_length=max_length)
+    function(self._bundle, [], **self._settings)   # settings checked now, not at first call
+
+  def __call__(self, texts):
+    return self._function(self._bundle, texts, **self._settings)
+
+
 _RESULTS: dict[str, Callable[[Any, Any, Sequence], list]] = {
     "classify": _classify_results, "regression": _regression_results, "ner": _ner_results,
     "qa": _qa_results}
@@ -137,6 +159,8 @@ PIPELINES: dict[str, Callable[..., Callable]] = {
     "regression": functools.partial(TaskPipeline, "regression"),
     "ner": functools.partial(TaskPipeline, "ner"),
     "qa": functools.partial(TaskPipeline, "qa"),
+    "embed": functools.partial(BundlePipeline, sentence_embeddings),
+    "fill-mask": functools.partial(BundlePipeline, fill_mask),
 }
 
 
