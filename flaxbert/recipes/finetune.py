@@ -149,24 +149,15 @@ def _finetune(run: Run) -> dict:
   _check_metric(metric, baseline, dev_path)
   best_file = run.path("best_score.json")
   prediction_file = run.path("predictions", f"dev.{task.extension}")
-  early = None
-  if cfg.early_stopping_patience is not None:
-    early = EarlyStopping.load(run.path("early_stopping.json"), metric,
-                               cfg.early_stopping_patience, cfg.higher_is_better, is_main)
-  stopped_at = early.stopped_at() if early is not None else None
-  loop_steps = total_steps
-  if stopped_at is not None and stopped_at < total_steps:
-    # The run stopped there before: it trains no further, whatever --max-steps says now.
-    log.info("flaxbert: this run stopped early at step %d (%s); nothing left to train",
-             stopped_at, early.reason())
-    loop_steps = stopped_at
+  early, loop_steps = _early_stopping(run, metric, total_steps)
 
   def evaluate(params, step):
     predicted = predict(params, dev)
     scores = dev.score(predicted)
     main = scores[metric]
     best = read_json(best_file) if os.path.isfile(best_file) else None
-    if best is None or improves(main, best["score"], cfg.higher_is_better) or best["step"] == step:
+    if (best is None or improves(main, best["score"], cfg.higher_is_better)
+        or best["step"] == step):
       run.save_bundle("best", bundle, params=params, files=_settings_file(settings))
       if is_main:
         os.makedirs(os.path.dirname(prediction_file), exist_ok=True)
@@ -203,12 +194,31 @@ def _finetune(run: Run) -> dict:
                "final": final or _recorded_dev_scores(run.path("metrics.jsonl")),
                "majority_baseline": baseline, "train_examples": task.count(train_path),
                "train_features": n_train, "dev_examples": task.count(dev_path),
-               "epochs": cfg.epochs, "steps": stopped_at or max(total_steps, result.start_step),
+               "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+               "steps": stopped_at or max(total_steps, result.start_step),
                "stopped_early": early.reason() if stopped_at is not None else None,
                "batch_size": cfg.batch_size, "max_seq_length": cfg.max_seq_length,
                "labels": labels, "train_file": train_path, "dev_file": dev_path}
     write_json(os.path.join(cfg.workdir, "results.json"), results)
   return results
+
+
+def _early_stopping(run: Run, metric: str, total_steps: int
+                    ) -> tuple[EarlyStopping | None, int]:
+  """With --early-stopping-patience: the run's record of its evaluations (a resumed run
+  counts on), and the step to train to: a run that stopped early trains no further, whatever
+  --max-steps says now."""
+  cfg = run.cfg
+  if cfg.early_stopping_patience is None:
+    return None, total_steps
+  early = EarlyStopping.load(run.path("early_stopping.json"), metric,
+                             cfg.early_stopping_patience, cfg.higher_is_better, run.is_main)
+  stopped_at = early.stopped_at()
+  if stopped_at is not None and stopped_at < total_steps:
+    log.info("flaxbert: this run stopped early at step %d (%s); nothing left to train",
+             stopped_at, early.reason())
+    return early, stopped_at
+  return early, total_steps
 
 
 def _with_overrides(bundle, overrides) -> bundle_lib.Bundle:
