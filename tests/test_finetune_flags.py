@@ -16,12 +16,13 @@ from conftest import SHARED_DATA, call_cli
 from flaxbert import cli
 from flaxbert.commands import finetune_classify
 from flaxbert.recipes.configs import DEV_METRICS
+from flaxbert.tasks import classify, ner, squad
 from flaxbert.training.early_stopping import EarlyStopping
 
 NO_DROPOUT = ("--set", "hidden_dropout=0", "--set", "attention_dropout=0")
 
 
-def classify(init, workdir, *extra):
+def sentiment(init, workdir, *extra):
   data = os.path.join(SHARED_DATA, "sentiment")
   return ["finetune", "classify", "--train", os.path.join(data, "train.tsv"),
           "--dev", os.path.join(data, "dev.tsv"), "--init", init, "--workdir", workdir,
@@ -46,7 +47,7 @@ def early_stopped(tiny_hf, tmp_path_factory):
   """A float32 run whose learning rate (1e-9) leaves the dev accuracy where it starts, so it
   stops at its second evaluation (step 4 of 20): (workdir, stdout, stderr)."""
   workdir = tmp_path_factory.mktemp("early") / "run"
-  rc, out, err = call_cli(*classify(tiny_hf, workdir, *EARLY))
+  rc, out, err = call_cli(*sentiment(tiny_hf, workdir, *EARLY))
   assert rc == 0, err[-3000:]
   return workdir, out, err
 
@@ -54,7 +55,7 @@ def early_stopped(tiny_hf, tmp_path_factory):
 def test_max_steps_eval_every_bf16_accumulation_warmup(tiny_hf, tmp_path, early_stopped):
   w = tmp_path / "run"
   # 64 examples of 8: 8 steps an epoch, 24 for the default 3 epochs; --max-steps wins.
-  rc, _, err = call_cli(*classify(tiny_hf, w, "--max-steps", "6", "--eval-every", "2",
+  rc, _, err = call_cli(*sentiment(tiny_hf, w, "--max-steps", "6", "--eval-every", "2",
                                   "--set", "dtype=bfloat16", *NO_DROPOUT, "--accum-steps", "2",
                                   "--lr", "1e-3", "--warmup-ratio", "0.5"))
   assert rc == 0, err[-3000:]
@@ -104,7 +105,7 @@ def test_early_stopping_stops_and_stays_stopped(tiny_hf, early_stopped):
   # The same command again trains nothing (early_stopping.json says the run stopped) and
   # keeps what the run recorded.
   before = open(w / "metrics.jsonl").read()
-  rc, _, err = call_cli(*classify(tiny_hf, w, *EARLY))
+  rc, _, err = call_cli(*sentiment(tiny_hf, w, *EARLY))
   assert rc == 0, err[-3000:]
   assert "this run stopped early at step 4" in err
   assert "resuming from step 4" in err   # the step it stopped at was checkpointed
@@ -125,6 +126,21 @@ def test_early_stopping_record_resumes_and_reads_lower_is_better(tmp_path):
   again.record(3, 0.3)
   assert again.evaluations == [(1, 0.5), (2, 0.4), (3, 0.3)] and again.stopped_at() is None
   assert EarlyStopping.load(path, "mse", 2, False).stopped_at() == 4   # write=False: untouched
+
+
+def test_dev_metrics_are_the_float_scores_the_tasks_give():
+  """configs.DEV_METRICS (what --metric-for-best takes) against the tasks' own scorers (the
+  classify scores are also checked on a real run above)."""
+  def floats(scores):
+    return tuple(k for k, v in scores.items() if isinstance(v, float))
+  assert floats(classify.classification_metrics(["a", "b", "a"], ["a", "a", "a"])) == \
+      DEV_METRICS["classify"]
+  assert floats(classify.regression_metrics([1.0, 2.0, 3.0], [1.0, 2.5, 2.0])) == \
+      DEV_METRICS["regression"]
+  assert floats(ner.entity_scores([["B-PER", "O"]], [["B-PER", "B-LOC"]])) == DEV_METRICS["ner"]
+  # SQuAD v2.0: one answerable question, one without an answer.
+  scores = squad.score({"q1": ["the cat"], "q2": [""]}, {"q1": "a cat", "q2": ""})
+  assert floats(scores) == DEV_METRICS["qa"]
 
 
 def test_the_flags_parse_into_the_config():
@@ -155,6 +171,6 @@ def test_the_flags_parse_into_the_config():
 ])
 def test_bad_flags_are_one_line_before_any_write(tiny_hf, tmp_path, flags, message):
   w = tmp_path / "run"
-  rc, _, err = call_cli(*classify(tiny_hf, w, *flags))
+  rc, _, err = call_cli(*sentiment(tiny_hf, w, *flags))
   assert rc == 2 and err.startswith(f"flaxbert: error: {message}") and err.count("\n") == 1, err
   assert not w.exists()

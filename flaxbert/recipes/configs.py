@@ -204,7 +204,8 @@ class FinetuneConfig:
   greater_is_better: bool | None = setting(
       None, flag="--greater-is-better",
       false_flag=("--no-greater-is-better", "a lower --metric-for-best is better"),
-      help="a higher --metric-for-best is better", default_help="true, false for mse")
+      help="a higher --metric-for-best is better",
+      default_help=f"true, false for {', '.join(LOWER_IS_BETTER)}")
   early_stopping_patience: int | None = setting(
       None, metavar="N", help="stop after N evaluations in a row without improvement of "
       "--metric-for-best; the run then ends as a finished one (bundle/, results.json)",
