@@ -15,6 +15,7 @@ import flaxbert
 from conftest import SHARED_DATA, call_cli
 from flaxbert import cli
 from flaxbert.commands import finetune_classify
+from flaxbert.errors import FlaxbertError
 from flaxbert.recipes.configs import DEV_METRICS
 from flaxbert.tasks import classify, ner, squad
 from flaxbert.training.early_stopping import EarlyStopping
@@ -126,6 +127,10 @@ def test_early_stopping_record_resumes_and_reads_lower_is_better(tmp_path):
   again.record(3, 0.3)
   assert again.evaluations == [(1, 0.5), (2, 0.4), (3, 0.3)] and again.stopped_at() is None
   assert EarlyStopping.load(path, "mse", 2, False).stopped_at() == 4   # write=False: untouched
+  with open(path, "w") as f:
+    json.dump({"evaluations": [[1, "high"]]}, f)
+  with pytest.raises(FlaxbertError, match="must be a list of \\[step, score\\] pairs"):
+    EarlyStopping.load(path, "mse", 2, False)
 
 
 def test_dev_metrics_are_the_float_scores_the_tasks_give():

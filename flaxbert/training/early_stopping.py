@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
 
 
@@ -37,18 +38,21 @@ class EarlyStopping:
     """The record at `path` (a run's earlier evaluations), or a new one."""
     evaluations = []
     if os.path.isfile(path):
-      evaluations = [(int(step), float(score))
-                     for step, score in read_json(path).get("evaluations", [])]
+      try:
+        evaluations = [(int(step), float(score))
+                       for step, score in read_json(path).get("evaluations", [])]
+      except (TypeError, ValueError):
+        raise FlaxbertError(f"{path}: \"evaluations\" must be a list of [step, score] "
+                            "pairs") from None
     return cls(path, metric, patience, higher_is_better, write, evaluations)
 
   def record(self, step: int, score: float) -> None:
     self.evaluations = [e for e in self.evaluations if e[0] < step] + [(step, score)]
     if self.write:
-      stopped = self.stopped_at()
       write_json(self.path, {"metric": self.metric, "patience": self.patience,
                              "greater_is_better": self.higher_is_better,
                              "evaluations": [list(e) for e in self.evaluations],
-                             "stopped_at": stopped, "reason": self.reason()})
+                             "stopped_at": self.stopped_at(), "reason": self.reason()})
 
   def _walk(self):
     """(step, best step, best score, evaluations since the best) after each evaluation."""
