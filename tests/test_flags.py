@@ -224,7 +224,7 @@ def test_settings_that_may_change_on_resume():
   assert changeable(PretrainConfig) == watching | {"eval_every", "eval_batches", "data_dir",
                                                    "steps"}
   assert changeable(FinetuneConfig) == watching | {"eval_batch_size", "max_dev_examples",
-                                                   "epochs"}
+                                                   "epochs", "max_steps", "eval_every"}
   assert changeable(Seq2SeqConfig) == watching | {"eval_every", "eval_examples",
                                                   "decode_batch_size", "steps"}
   assert {"seed", "learning_rate", "seq_len", "model", "overrides", "corpus"} <= \

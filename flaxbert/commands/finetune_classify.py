@@ -29,11 +29,12 @@ def run(args) -> None:
   cfg = make_config(args)
   results = finetune(cfg)
   if jax.process_index() == 0:
-    best = results["best"]
-    base = results["majority_baseline"].get(cfg.metric)
-    print(f"fine-tuning done: best dev {cfg.metric} {best['score']:.4f} at step {best['step']} "
-          f"(majority baseline {base:.4f}); best bundle in {cfg.workdir}/best, final in "
-          f"{cfg.workdir}/bundle, dev predictions in {cfg.workdir}/predictions")
+    best, metric = results["best"], results["metric"]
+    base = results["majority_baseline"][metric]
+    stopped = f" (stopped early at step {results['steps']})" if results["stopped_early"] else ""
+    print(f"fine-tuning done{stopped}: best dev {metric} {best['score']:.4f} at step "
+          f"{best['step']} (majority baseline {base:.4f}); best bundle in {cfg.workdir}/best, "
+          f"final in {cfg.workdir}/bundle, dev predictions in {cfg.workdir}/predictions")
 
 
 def register(tasks) -> None:

@@ -33,6 +33,20 @@ FINETUNE_TASKS = ("classify", "ner", "qa")
 # FinetuneConfig fields that only extractive QA reads; other tasks' commands leave them out.
 QA_SETTINGS = ("doc_stride", "max_query_length", "max_answer_length", "n_best", "version_2",
                "null_threshold")
+# The float dev scores each fine-tuning task reports (flaxbert/tasks/: classify.py, ner.py,
+# squad.py), by task name: the names --metric-for-best takes. Known here rather than from the
+# first evaluation, so that a misspelt name stops the command before its workdir is made, not
+# after an epoch of training. The SQuAD v2 splits exist only for files with unanswerable
+# questions; the recipe checks the dev file gives the chosen one before it trains.
+DEV_METRICS = {
+    "classify": ("accuracy", "macro_f1", "matthews"),
+    "regression": ("pearson", "spearman", "mse"),
+    "ner": ("precision", "recall", "f1", "token_accuracy"),
+    "qa": ("exact_match", "f1", "HasAns_exact_match", "HasAns_f1", "NoAns_exact_match",
+           "NoAns_f1"),
+}
+# Dev scores where lower is better: the default of --no-greater-is-better.
+LOWER_IS_BETTER = ("mse",)
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
@@ -161,8 +175,13 @@ class FinetuneConfig:
   init: str = setting(metavar="BUNDLE_OR_HF_DIR",
                       help="flaxbert bundle or HF BERT checkpoint to start from")
   workdir: str = shared("workdir")
+  overrides: tuple[tuple[str, Any], ...] = shared("overrides", ())
   regression: bool = setting(False, help="float labels (MSE; Pearson/Spearman)")
   epochs: float = setting(3.0, help="passes over the training set", identity=False)
+  max_steps: int | None = setting(
+      None, flag="--max-steps", aliases=("--steps",), metavar="N", identity=False,
+      help="optimizer updates, overriding --epochs (may grow on a resumed run: train longer)",
+      default_help="--epochs passes")
   batch_size: int = shared("batch_size", 32)
   eval_batch_size: int = setting(64, help="batch size of dev scoring", identity=False)
   max_seq_length: int = setting(128, flag="--max-length", help="tokens per row")
@@ -176,6 +195,21 @@ class FinetuneConfig:
   accum_steps: int = shared("accum_steps", 1)
   max_dev_examples: int | None = setting(None, metavar="N", identity=False,
                                          help="score on the first N dev examples")
+  eval_every: int | None = shared("eval_every", None, default_help="once per epoch")
+  metric_for_best: str | None = setting(
+      None, metavar="NAME", help="dev score that picks best/ and drives early stopping: "
+      + "; ".join(f"{task} {', '.join(names)}" for task, names in DEV_METRICS.items()),
+      default_help="the task's main metric: " + ", ".join(
+          f"{task} {SPECS[task][2]}" for task in DEV_METRICS))
+  greater_is_better: bool | None = setting(
+      None, flag="--greater-is-better",
+      false_flag=("--no-greater-is-better", "a lower --metric-for-best is better"),
+      help="a higher --metric-for-best is better",
+      default_help=f"true, false for {', '.join(LOWER_IS_BETTER)}")
+  early_stopping_patience: int | None = setting(
+      None, metavar="N", help="stop after N evaluations in a row without improvement of "
+      "--metric-for-best; the run then ends as a finished one (bundle/, results.json)",
+      default_help="never stop early")
   doc_stride: int = setting(128, help="tokens between window starts")
   max_query_length: int = setting(64, help="question tokens kept")
   max_answer_length: int = setting(30, help="longest answer, in tokens")
@@ -207,7 +241,19 @@ class FinetuneConfig:
 
   @property
   def metric(self) -> str:
+    """The task's main metric."""
     return SPECS[self.task_name][2]
+
+  @property
+  def best_metric(self) -> str:
+    """The dev score that picks best/ and drives early stopping."""
+    return self.metric_for_best or self.metric
+
+  @property
+  def higher_is_better(self) -> bool:
+    if self.greater_is_better is not None:
+      return self.greater_is_better
+    return self.best_metric not in LOWER_IS_BETTER
 
 
 @dataclasses.dataclass(frozen=True)

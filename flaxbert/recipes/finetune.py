@@ -1,19 +1,24 @@
 """Recipe: fine-tuning a bundle or HF checkpoint on a task of the registry (tasks/registry.py)
--> task head -> epochs of AdamW -> dev scores.
+-> task head -> epochs (or --max-steps) of AdamW -> dev scores.
 
-On the run skeleton (training/run.py): epochs become total steps, the dev set is scored at the end of every
-epoch (through the same code as `flaxbert predict` / `flaxbert evaluate`), the best dev
-parameters are kept as a bundle in WORKDIR/best/ (with their predictions in
-WORKDIR/predictions/), the final parameters go to WORKDIR/bundle/, and results.json sums up.
+On the run skeleton (training/run.py): epochs become total steps, the dev set is scored every
+--eval-every steps (default: every epoch) and at the last step, through the same code as
+`flaxbert predict` / `flaxbert evaluate`; the parameters with the best --metric-for-best are
+kept as a bundle in WORKDIR/best/ (their predictions in WORKDIR/predictions/, their scores in
+best_score.json), the final parameters go to WORKDIR/bundle/, and results.json sums up. With
+--early-stopping-patience N the run ends after N evaluations without a better score
+(training/early_stopping.py, its record in early_stopping.json).
 
 The pretrained weights enter as the loop's initial parameters of a fresh run; the loop's exact
 resume covers fine-tuning unchanged: re-running the same command continues from the newest
-checkpoint.
+checkpoint (and a run that stopped early stays stopped). `--set` changes how the model
+computes (dtype, dropout, attention, remat), never its architecture, which is --init's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -23,14 +28,21 @@ from flaxbert import sharding as mesh_lib
 from flaxbert.data.pipeline import finetune_data
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
-from flaxbert.models.factory import dummy_inputs
-from flaxbert.recipes.configs import FinetuneConfig
+from flaxbert.models.config import BertConfig
+from flaxbert.models.factory import build_model, dummy_inputs
+from flaxbert.recipes.configs import DEV_METRICS, FinetuneConfig
 from flaxbert.tasks import predict as predict_lib, registry
 from flaxbert.training import objectives, optim
+from flaxbert.training.early_stopping import EarlyStopping, improves
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.step import make_train_step
 
 log = logging.getLogger("flaxbert")
+
+# The model config fields `--set` may change: how the model computes and regularises. The
+# rest is the architecture of --init, which its weights fix (and initializer_range would only
+# reach a fresh head, which is initialised before the overrides apply).
+OVERRIDABLE = ("dtype", "hidden_dropout", "attention_dropout", "attention_impl", "remat")
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -45,9 +57,22 @@ def _check(cfg: FinetuneConfig, mesh) -> None:
     raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide by the {dp} data-parallel "
                         f"devices x {cfg.accum_steps} accumulation steps")
   for n, flag in ((cfg.max_train_examples, "--max-train-examples"),
-                  (cfg.max_dev_examples, "--max-dev-examples")):
+                  (cfg.max_dev_examples, "--max-dev-examples"), (cfg.max_steps, "--max-steps"),
+                  (cfg.eval_every, "--eval-every"),
+                  (cfg.early_stopping_patience, "--early-stopping-patience")):
     if n is not None and n < 1:
       raise FlaxbertError(f"{flag} must be positive")
+  if not 0.0 <= cfg.warmup_ratio <= 1.0:
+    raise FlaxbertError(f"--warmup-ratio {cfg.warmup_ratio} must be in [0, 1]")
+  metrics = DEV_METRICS[cfg.task_name]
+  if cfg.best_metric not in metrics:
+    raise FlaxbertError(f"--metric-for-best {cfg.best_metric}: {cfg.task_name} reports "
+                        f"{', '.join(metrics)}")
+  for key, _ in cfg.overrides:
+    if key not in OVERRIDABLE:
+      raise FlaxbertError(f"--set {key}: fine-tuning keeps the architecture of --init; it can "
+                          f"set {', '.join(OVERRIDABLE)}")
+  BertConfig().replace(**dict(cfg.overrides))   # a bad value: one line, before any write
 
 
 class _TrainBatches:
@@ -93,9 +118,9 @@ def _finetune(run: Run) -> dict:
       max_answer_length=cfg.max_answer_length, n_best=cfg.n_best,
       null_threshold=cfg.null_threshold if version_2 else None)
 
-  bundle = bundle_lib.load(cfg.init, head=cfg.head,
-                           num_labels=len(labels) if labels else None, labels=labels,
-                           seed=cfg.seed)
+  bundle = _with_overrides(
+      bundle_lib.load(cfg.init, head=cfg.head, num_labels=len(labels) if labels else None,
+                      labels=labels, seed=cfg.seed), cfg.overrides)
   bundle.labels = labels
   task.for_bundle(bundle, cfg.init, settings)   # the head and the length the bundle takes
   tokenizer_dir = run.tokenizer(copy_from=cfg.init)
@@ -106,7 +131,7 @@ def _finetune(run: Run) -> dict:
       max_seq_length=cfg.max_seq_length, **task.data_settings(labels, settings)), "data")
   n_train = data.num_examples("train")
   steps_per_epoch = max(1, n_train // cfg.batch_size)
-  total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+  total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
   train_batches = _TrainBatches(data.batches("train", batch_size=cfg.batch_size, seed=cfg.seed),
                                 task.train_keys)
 
@@ -120,46 +145,112 @@ def _finetune(run: Run) -> dict:
   dev = task.inputs(bundle.tokenizer, settings, labels, dev_path, need_label=True)
   predict = task.make_predict(model, mesh, cfg.eval_batch_size)
   baseline = task.baseline(dev, prepared)
+  metric = cfg.best_metric
+  _check_metric(metric, baseline, dev_path)
   best_file = run.path("best_score.json")
   prediction_file = run.path("predictions", f"dev.{task.extension}")
+  early, loop_steps = _early_stopping(run, metric, total_steps)
 
   def evaluate(params, step):
     predicted = predict(params, dev)
     scores = dev.score(predicted)
-    main = scores[cfg.metric]
+    main = scores[metric]
     best = read_json(best_file) if os.path.isfile(best_file) else None
-    if best is None or main > best["score"] or best["step"] == step:
+    if (best is None or improves(main, best["score"], cfg.higher_is_better)
+        or best["step"] == step):
       run.save_bundle("best", bundle, params=params, files=_settings_file(settings))
       if is_main:
         os.makedirs(os.path.dirname(prediction_file), exist_ok=True)
         dev.write(predicted, prediction_file)
         write_json(best_file, {"step": step, "epoch": step / steps_per_epoch,
-                               "metric": cfg.metric, "score": main, "dev": scores})
+                               "metric": metric, "score": main, "dev": scores})
+    if early is not None:
+      early.record(step, main)
     return {f"dev_{k}": v for k, v in scores.items() if isinstance(v, float)}
 
+  def stop(step, metrics):
+    return early.reason() if early.stopped_at() == step else None
+
   loop_cfg = run.loop_config(
-      total_steps=total_steps, eval_every=steps_per_epoch,
+      total_steps=loop_steps, eval_every=cfg.eval_every or steps_per_epoch,
       checkpoint_every=cfg.checkpoint_every or steps_per_epoch, desc=f"finetune {cfg.task}",
       tokens_per_step=cfg.batch_size * cfg.max_seq_length)
   result = run.train(loop_cfg, model=model, tx=tx, dummy_inputs=dummy_inputs(),
                      train_step=make_train_step(objectives.finetuning(model, cfg.head), tx,
                                                 optim.learning_rate_schedule(opt_cfg),
                                                 cfg.accum_steps),
-                     data=train_batches, evaluate=evaluate, initial_params=bundle.params)
+                     data=train_batches, evaluate=evaluate, initial_params=bundle.params,
+                     stop=stop if early is not None else None)
   run.save_bundle("bundle", bundle, params=result.state.params,
                   files=_settings_file(settings))
   results = {}
   if is_main:
-    best = read_json(best_file)
-    results = {"task": task.name, "metric": cfg.metric, "best": best,
-               "final": {k: v for k, v in result.last_metrics.items() if k.startswith("dev_")},
+    stopped_at = early.stopped_at() if early is not None else None
+    if stopped_at is not None and stopped_at >= total_steps:
+      stopped_at = None   # patience ran out at the last step: the run ended there anyway
+    final = {k: v for k, v in result.last_metrics.items() if k.startswith("dev_")}
+    results = {"task": task.name, "metric": metric, "greater_is_better": cfg.higher_is_better,
+               "best": read_json(best_file),
+               "final": final or _recorded_dev_scores(run.path("metrics.jsonl")),
                "majority_baseline": baseline, "train_examples": task.count(train_path),
                "train_features": n_train, "dev_examples": task.count(dev_path),
-               "epochs": cfg.epochs, "steps": total_steps, "batch_size": cfg.batch_size,
-               "max_seq_length": cfg.max_seq_length, "labels": labels,
-               "train_file": train_path, "dev_file": dev_path}
+               "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+               "steps": stopped_at or max(total_steps, result.start_step),
+               "stopped_early": early.reason() if stopped_at is not None else None,
+               "batch_size": cfg.batch_size, "max_seq_length": cfg.max_seq_length,
+               "labels": labels, "train_file": train_path, "dev_file": dev_path}
     write_json(os.path.join(cfg.workdir, "results.json"), results)
   return results
+
+
+def _early_stopping(run: Run, metric: str, total_steps: int
+                    ) -> tuple[EarlyStopping | None, int]:
+  """With --early-stopping-patience: the run's record of its evaluations (a resumed run
+  counts on), and the step to train to: a run that stopped early trains no further, whatever
+  --max-steps says now."""
+  cfg = run.cfg
+  if cfg.early_stopping_patience is None:
+    return None, total_steps
+  early = EarlyStopping.load(run.path("early_stopping.json"), metric,
+                             cfg.early_stopping_patience, cfg.higher_is_better, run.is_main)
+  stopped_at = early.stopped_at()
+  if stopped_at is not None and stopped_at < total_steps:
+    log.info("flaxbert: this run stopped early at step %d (%s); nothing left to train",
+             stopped_at, early.reason())
+    return early, stopped_at
+  return early, total_steps
+
+
+def _with_overrides(bundle, overrides) -> bundle_lib.Bundle:
+  """The bundle's model with the `--set` fields (OVERRIDABLE) changed; the parameters stay as
+  loaded (float32: a bfloat16 dtype is the compute dtype, as in pretraining)."""
+  if not overrides:
+    return bundle
+  config = bundle.config.replace(**dict(overrides))
+  model = build_model(config, bundle.head, getattr(bundle.model, "num_labels", None))
+  return dataclasses.replace(bundle, model=model, config=config)
+
+
+def _check_metric(metric: str, baseline: dict, dev_path: str) -> None:
+  """--metric-for-best must be a float score this dev file gives (the SQuAD v2 splits need
+  unanswerable questions); the baseline's scores are the dev file's, before any training."""
+  floats = [k for k, v in baseline.items() if isinstance(v, float)]
+  if metric not in floats:
+    raise FlaxbertError(f"--metric-for-best {metric}: {dev_path} gives no such dev score; "
+                        f"use one of {', '.join(floats)}")
+
+
+def _recorded_dev_scores(metrics_file: str) -> dict:
+  """The dev scores of the last evaluation in metrics.jsonl: a re-run with nothing left to
+  train evaluates nothing, and results.json keeps what the run scored."""
+  scores = {}
+  if os.path.isfile(metrics_file):
+    with open(metrics_file, encoding="utf-8") as f:
+      for line in f:
+        row = json.loads(line)
+        dev = {k: v for k, v in row.items() if k.startswith("dev_")}
+        scores = dev or scores
+  return scores
 
 
 def _settings_file(settings) -> dict:

@@ -3,7 +3,7 @@
 data -> jit(train_step) with in/out shardings and donated state -> metrics -> checkpoints.
 The caller supplies the model, optimizer, a pure `train_step(state, batch) -> (state,
 metrics)` and an iterator with get_state/set_state; the loop owns resume, logging, periodic
-evaluation, checkpointing, SIGTERM and the non-finite-loss stop.
+evaluation, checkpointing, SIGTERM, the non-finite-loss stop and the caller's early stop.
 
 Exact resume: the newest readable checkpoint holds parameters, optimizer state, step, RNG key
 and the data iterator's position; metrics.jsonl lines after it are dropped. Dropout keys are
@@ -55,6 +55,7 @@ class LoopResult:
   state: Any
   last_metrics: dict
   start_step: int
+  stopped_early: str | None = None   # the reason `stop` gave, if it ended the run
 
 
 class _Sigterm:
@@ -92,7 +93,8 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
         train_step: Callable, data: Iterator,
         evaluate: Callable[[Any, int], dict] | None = None,
         count_tokens: Callable[[dict], int] | None = None,
-        initial_params: Any = None) -> LoopResult:
+        initial_params: Any = None,
+        stop: Callable[[int, dict], str | None] | None = None) -> LoopResult:
   """Trains to cfg.total_steps (resuming if a checkpoint exists); returns the final state.
 
   evaluate(params, step) -> metrics is called every cfg.eval_every steps and at the end; its
@@ -100,6 +102,9 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
   tokens of this process's rows: tokens_per_s then counts those (all processes) instead of
   cfg.tokens_per_step, for batches whose shapes or padding vary. initial_params (host
   arrays, e.g. a pretrained bundle's) replace the random initialisation of a fresh run.
+  stop(step, metrics) is asked after each evaluation before the last step; a reason (a
+  string) ends the run there as if it were the last step: that step's checkpoint is written,
+  so a re-run restores the stopped state (the caller remembers not to train it further).
   """
   is_main = jax.process_index() == 0
   checkpoints = RunCheckpoints(os.path.join(cfg.workdir, "checkpoints"), cfg.keep_checkpoints,
@@ -121,6 +126,7 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
   sigterm = _Sigterm()
   last: dict = {}
   step = start
+  stopped = None
   try:
     with jax.set_mesh(mesh), progress_bar(total=cfg.total_steps, initial=start, desc=cfg.desc,
                                           unit="step",
@@ -165,8 +171,13 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
           writer.write(step, last)
           bar.set_postfix(loss=f"{last['loss']:.3f}")
           window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-        if checkpoint_due:
-          checkpoints.save(step, state, data)
+          if eval_due and stop is not None and not final:
+            stopped = stop(step, last)
+        if checkpoint_due or stopped:
+          checkpoints.save(step, state, data, force=not checkpoint_due)
+        if stopped:
+          log.info("flaxbert: stopping early at step %d: %s", step, stopped)
+          break
         if log_due and not final and sigterm.any_process():
           if not checkpoint_due:  # else this step's checkpoint is already being written
             checkpoints.save(step, state, data, force=True)
@@ -181,4 +192,4 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
   finally:
     sigterm.restore()
     writer.close()
-  return LoopResult(state, last, start)
+  return LoopResult(state, last, start, stopped)
