@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO
 from flaxbert import compilation_cache
+from flaxbert.inference import bucketing
 
 # Packages the training and evaluation commands need, never embed.
 NOT_FOR_EMBED = ("tensorflow_datasets", "tensorflow", "grain", "array_record", "tensorboardX",
@@ -133,3 +134,16 @@ def test_flag_and_unusable_directory_end_to_end(tiny_hf, tmp_path):
   assert not os.path.exists(tmp_path / "cache")
   warnings = [line for line in report["stderr"].splitlines() if "compilation cache" in line]
   assert len(warnings) == 1 and str(blocker) in warnings[0], report["stderr"]
+
+
+def test_compiled_cache_takes_parameters_as_arguments():
+  """CompiledCache(fn, params): fn(params, batch) compiled once per batch shape, the
+  parameters passed in rather than compiled in as constants (embed's weights)."""
+  rng = np.random.default_rng(0)
+  weights = {"w": rng.normal(size=(32, 8)).astype(np.float32)}
+  fn = bucketing.CompiledCache(lambda p, batch: {"y": batch["x"] @ p["w"]}, weights)
+  for rows in (4, 4, 2):
+    x = rng.normal(size=(rows, 32)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(fn({"x": x})["y"]), x @ weights["w"], rtol=1e-5,
+                               atol=1e-5)
+  assert len(fn.shapes) == 2
