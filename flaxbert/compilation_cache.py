@@ -30,13 +30,18 @@ ENV_OFF = "FLAXBERT_NO_COMPILATION_CACHE"
 MAX_SIZE_BYTES = 2 << 30
 
 
-def directory(environ=os.environ) -> str:
-  """Where flaxbert keeps compiled programs unless JAX was given a cache of its own."""
+def directory(environ=os.environ) -> str | None:
+  """Where flaxbert keeps compiled programs unless JAX was given a cache of its own (None: no
+  home directory to put a per-user cache in, and no FLAXBERT_CACHE_DIR)."""
   root = environ.get(ENV_DIR)
   if not root:
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):   # unset, or relative (which the XDG spec says to ignore)
+      base = os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base):   # "~" unresolved: never a directory relative to the cwd
+      return None
     root = os.path.join(base, "flaxbert")
-  return os.path.join(root, "jax")
+  return os.path.join(os.path.abspath(root), "jax")
 
 
 def jax_settings(cache_dir: str, max_size: int = MAX_SIZE_BYTES) -> dict:
@@ -67,14 +72,14 @@ def plan(enabled: bool, configured_dir: str | None,
   """
   if not enabled or is_disabled(environ):
     return {"jax_enable_compilation_cache": False}, None
-  updates = {} if configured_dir else jax_settings(directory(environ))
-  cache_dir = configured_dir or updates["jax_compilation_cache_dir"]
-  problem = unwritable(cache_dir)
+  cache_dir = configured_dir or directory(environ)
+  problem = unwritable(cache_dir) if cache_dir else "no home directory for the default one"
   if problem:
+    fix = "JAX_COMPILATION_CACHE_DIR" if configured_dir else ENV_DIR
     return {"jax_enable_compilation_cache": False}, (
-        f"compilation cache off, every program is compiled anew ({problem}); set {ENV_DIR} "
-        f"to a writable directory, or pass --no-compilation-cache")
-  return updates, None
+        f"compilation cache off, every program is compiled anew ({problem}); set {fix} to "
+        f"a writable directory, or pass --no-compilation-cache")
+  return ({} if configured_dir else jax_settings(cache_dir)), None
 
 
 def unwritable(cache_dir: str) -> str | None:

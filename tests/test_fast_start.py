@@ -104,6 +104,8 @@ def test_cache_settings_follow_flag_environment_and_jax(tmp_path):
   assert os.path.isdir(cache_root / "jax")
   # The default location is per user, under XDG_CACHE_HOME when it is set.
   assert compilation_cache.directory({"XDG_CACHE_HOME": "/xdg"}) == "/xdg/flaxbert/jax"
+  home = os.path.expanduser("~")
+  assert compilation_cache.directory({}) == os.path.join(home, ".cache", "flaxbert", "jax")
   # A cache JAX was given already (JAX_COMPILATION_CACHE_DIR) is kept with its settings.
   assert compilation_cache.plan(True, str(tmp_path / "jax-own"), env) == ({}, None)
   off = ({"jax_enable_compilation_cache": False}, None)
