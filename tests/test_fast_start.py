@@ -72,7 +72,7 @@ def two_embed_runs(tiny_hf, tmp_path_factory):
     out = work / f"run{n}.npz"
     report = run_counting("embed", tiny_hf, "--input", texts, "--output", out,
                           "--max-length", 32, "--quiet", cache_root=cache_root)
-    report["entries"] = cache_entries(cache_root)
+    report.update(entries=cache_entries(cache_root), texts=texts, cache_root=cache_root)
     with np.load(out) as features:
       report["features"] = dict(features)
     runs.append(report)
@@ -121,21 +121,16 @@ def test_unwritable_cache_directory_turns_the_cache_off_with_one_line(tmp_path):
   assert "\n" not in warning and str(blocker) in warning and "FLAXBERT_CACHE_DIR" in warning
 
 
-def test_flag_and_unusable_directory_end_to_end(tiny_hf, tmp_path):
-  """Through the CLI: --no-compilation-cache keeps every program out of the cache, and a
-  cache directory that cannot be made costs one warning line, not the run."""
-  texts = tmp_path / "texts.txt"
-  texts.write_text("the cat sat\n", encoding="utf-8")
-  blocker = tmp_path / "a-file"
-  blocker.write_text("not a directory")
-  for flags, cache_root in (["--no-compilation-cache"], tmp_path / "cache"), ([], blocker):
-    report = run_counting(*flags, "embed", tiny_hf, "--input", texts, "--output",
-                          tmp_path / "out.npz", "--max-length", 32, "--quiet",
-                          cache_root=cache_root)
-    assert report["compiled"] > 0 and report["cache_hits"] == 0, flags
-  assert not os.path.exists(tmp_path / "cache")
-  warnings = [line for line in report["stderr"].splitlines() if "compilation cache" in line]
-  assert len(warnings) == 1 and str(blocker) in warnings[0], report["stderr"]
+def test_no_compilation_cache_flag_end_to_end(tiny_hf, two_embed_runs, tmp_path):
+  """--no-compilation-cache: a run beside a cache holding all its programs compiles them all,
+  and adds nothing to the cache. (An unusable directory: see the test above; the CLI logs the
+  warning `plan` returns.)"""
+  first, second = two_embed_runs
+  report = run_counting("--no-compilation-cache", "embed", tiny_hf, "--input", first["texts"],
+                        "--output", tmp_path / "out.npz", "--max-length", 32, "--quiet",
+                        cache_root=first["cache_root"])
+  assert report["cache_hits"] == 0 and report["compiled"] == second["programs"], report
+  assert cache_entries(first["cache_root"]) == second["entries"]
 
 
 def test_compiled_cache_takes_parameters_as_arguments():
