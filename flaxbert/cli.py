@@ -12,21 +12,27 @@ import os
 import sys
 import threading
 
+import jax
 from absl import logging as absl_logging
 
-from flaxbert import __version__, multihost
+from flaxbert import __version__, compilation_cache, multihost
 from flaxbert.commands import register_all
 from flaxbert.errors import FlaxbertError, os_error_line
 
 EXIT_USER_ERROR = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv=()) -> argparse.ArgumentParser:
+  """The parser of the command `argv` names (of every command when it names none)."""
   parser = argparse.ArgumentParser(
       prog="flaxbert", description="BERT and Transformer encoder-decoders in JAX/Flax.")
   parser.add_argument("--version", action="version", version=f"flaxbert {__version__}")
+  parser.add_argument("--no-compilation-cache", dest="compilation_cache", action="store_false",
+                      help="compile every program anew instead of keeping compiled programs "
+                      "for the next run in the cache directory ($FLAXBERT_CACHE_DIR/jax, "
+                      "default ~/.cache/flaxbert/jax); also FLAXBERT_NO_COMPILATION_CACHE=1")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-  register_all(sub)
+  register_all(sub, argv)
   return parser
 
 
@@ -52,9 +58,23 @@ def _main_thread_excepthook(kind, value, tb) -> None:
     sys.__excepthook__(kind, value, tb)
 
 
+def _use_compilation_cache(enabled: bool) -> dict:
+  """Sets JAX's persistent compilation cache up for this run (see flaxbert.compilation_cache);
+  returns the settings it replaced."""
+  updates, warning = compilation_cache.plan(enabled, jax.config.jax_compilation_cache_dir)
+  if warning:
+    logging.getLogger("flaxbert").warning("flaxbert: warning: %s", warning)
+  previous = {name: getattr(jax.config, name) for name in updates}
+  for name, value in updates.items():
+    jax.config.update(name, value)
+  return previous
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
+  args = build_parser(argv).parse_args(argv)
   _quiet_libraries()
+  replaced = _use_compilation_cache(args.compilation_cache)
   try:
     args.func(args)
   except FlaxbertError as e:
@@ -68,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(e, SystemExit):   # a bug: the other processes stop too, this one
       multihost.fail(f"{type(e).__name__}: {e}")   # keeps its traceback
     raise
+  finally:   # main() called from a program leaves its JAX settings as they were
+    for name, value in replaced.items():
+      jax.config.update(name, value)
   return 0
 
 

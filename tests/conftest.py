@@ -17,6 +17,8 @@ import tempfile
 import numpy as np
 import pytest
 
+from flaxbert import compilation_cache
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
@@ -26,16 +28,17 @@ def _share_compilations() -> None:
   environment before jax is imported, so this process and every `flaxbert` process a test
   starts (they inherit it) load a program another already compiled instead of compiling it
   again. Most of a tiny run's launch is compiling: the same tiny pretraining run takes ~16 s
-  of CPU cold and ~5 s warm. The size limit turns on the cache's file lock, for the tests
-  that run processes side by side. A JAX_COMPILATION_CACHE_DIR already set is kept."""
+  of CPU cold and ~5 s warm. The settings are flaxbert's own (flaxbert.compilation_cache:
+  every program kept; the size limit turns on the cache's file lock, for the tests that run
+  processes side by side). A JAX_COMPILATION_CACHE_DIR already set is kept. FLAXBERT_CACHE_DIR
+  points at the session's directory too, so no process a test starts ever writes into the
+  user's cache (~/.cache/flaxbert), even one started without JAX's variables."""
+  directory = tempfile.mkdtemp(prefix="flaxbert-tests-cache-")
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  os.environ[compilation_cache.ENV_DIR] = directory
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
-  directory = tempfile.mkdtemp(prefix="flaxbert-tests-jax-cache-")
-  atexit.register(shutil.rmtree, directory, ignore_errors=True)
-  settings = {"jax_compilation_cache_dir": directory,
-              "jax_persistent_cache_min_compile_time_secs": 0.0,
-              "jax_persistent_cache_min_entry_size_bytes": 0,
-              "jax_compilation_cache_max_size": 4 << 30}
+  settings = compilation_cache.jax_settings(compilation_cache.directory(), max_size=4 << 30)
   os.environ.update({name.upper(): str(value) for name, value in settings.items()})
   if "jax" in sys.modules:   # imported already (by a plugin): its settings read the environment
     import jax

@@ -7,6 +7,10 @@ MODULES = ("pretrain", "finetune", "predict", "evaluate", "export", "convert", "
            "fill_mask", "tokenizer", "report")
 
 
-def register_all(subparsers) -> None:
-  for name in MODULES:
+def register_all(subparsers, argv=()) -> None:
+  """Registers the command `argv` names, alone, or every command when it names none
+  (`flaxbert --help`, a typo): building pretrain's and finetune's flags imports their run
+  configs and with them the training machinery, which `flaxbert embed` never uses."""
+  named = next((arg for arg in argv if not arg.startswith("-")), None)
+  for name in (named,) if named in MODULES else MODULES:
     importlib.import_module(f"flaxbert.commands.{name}").register(subparsers)
