@@ -54,7 +54,7 @@ def test_embed_bucketed_equals_unbucketed(tiny_bundle):
   hidden, pooled = embed.embed_arrays(tiny_bundle, ids, segments, mask, 8, show_progress=False)
   # Unbucketed: the whole padded array in one call, in input order.
   want = jax.jit(embed.make_features_fn(tiny_bundle))(
-      {"input_ids": ids, "segment_ids": segments, "input_mask": mask})
+      embed.encoder_variables(tiny_bundle), {"input_ids": ids, "segment_ids": segments, "input_mask": mask})
   # Equal up to float rounding: XLA's CPU matmuls may block and thread a batch of 8 rows
   # and one of 29 differently (seen: 1 ulp on a loaded machine); a row in the wrong place
   # or a padding leak would differ by O(1).
@@ -63,7 +63,8 @@ def test_embed_bucketed_equals_unbucketed(tiny_bundle):
 
   # The compiled cache holds one function per (batch, bucket) shape, reused across calls.
   rows = tiny_bundle.tokenizer.encode_inputs(texts, 64)
-  fn = bucketing.CompiledCache(embed.make_features_fn(tiny_bundle))
+  fn = bucketing.CompiledCache(embed.make_features_fn(tiny_bundle),
+                               embed.encoder_variables(tiny_bundle))
   first = embed.embed_rows(tiny_bundle, rows, 8, (16, 32, 64), False, fn)
   shapes = len(fn.shapes)
   again = embed.embed_rows(tiny_bundle, rows[::-1], 8, (16, 32, 64), False, fn)

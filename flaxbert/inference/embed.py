@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import weakref
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -120,17 +120,24 @@ def inference_config(config):
   return config.replace(dtype=inference_dtype())
 
 
+def encoder_variables(bundle: Bundle) -> dict:
+  """The variables `make_features_fn`'s function takes: the encoder's parameters."""
+  return {"params": {"bert": bundle.params["bert"]}}
+
+
 def make_features_fn(bundle: Bundle, pooling: Pooling | None = None, features: bool = True):
-  """{input_ids, segment_ids, input_mask} [B, L] -> {"hidden" (zero at padding), "pooled"}
-  when `features`, and {"embeddings"} (B x D) when `pooling` is given."""
+  """(encoder_variables(bundle), {input_ids, segment_ids, input_mask} [B, L]) ->
+  {"hidden" (zero at padding), "pooled"} when `features`, and {"embeddings"} (B x D) when
+  `pooling` is given. The parameters are an argument, not a closure: compiled in as
+  constants they would make every compile fold through the weights and every persistent
+  cache entry hold a copy of them (bucketing.CompiledCache)."""
   last = bundle.config.num_layers
   # Every layer's hidden states only when other layers than the last are pooled.
   all_layers = pooling is not None and pooling.layers != (last,)
   encoder = BertEncoder(inference_config(bundle.config), all_layers=all_layers)
-  params = {"params": {"bert": bundle.params["bert"]}}
 
-  def run(batch):
-    out = encoder.apply(params, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
+  def run(variables, batch):
+    out = encoder.apply(variables, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
     result = {}
     if features:
       result["hidden"] = out["hidden"] * batch["input_mask"][..., None]
@@ -148,13 +155,14 @@ def make_features_fn(bundle: Bundle, pooling: Pooling | None = None, features: b
 _compiled: dict[tuple, bucketing.CompiledCache] = {}
 
 
-def compiled_for(bundle: Bundle, key: tuple, make: Callable[[], Callable]):
-  """One CompiledCache of `make()` per (bundle, key), kept while the bundle lives, so that
-  repeated calls on one bundle (a pipeline's) compile each shape once."""
+def compiled_for(bundle: Bundle, key: tuple, make: Callable[[], tuple[Callable, Any]]):
+  """One CompiledCache(*make()) (a function and its variables) per (bundle, key), kept while
+  the bundle lives, so that repeated calls on one bundle (a pipeline's) compile each shape
+  once."""
   key = (id(bundle), id(bundle.params)) + key
   fn = _compiled.get(key)
   if fn is None:
-    fn = _compiled[key] = bucketing.CompiledCache(make())
+    fn = _compiled[key] = bucketing.CompiledCache(*make())
     weakref.finalize(bundle, _compiled.pop, key, None)
   return fn
 
@@ -164,7 +172,7 @@ def embed_rows(bundle: Bundle, rows, batch_size: int, buckets=None,
   """Per-row outputs of `fn` (default: {"hidden" (length x H), "pooled" (H)}) for unpadded
   rows, in input order, with length-bucketed batches; `fn` (a CompiledCache of
   `make_features_fn`) may be reused across calls so compiled shapes are kept."""
-  fn = fn or bucketing.CompiledCache(make_features_fn(bundle))
+  fn = fn or bucketing.CompiledCache(make_features_fn(bundle), encoder_variables(bundle))
   buckets = buckets or bucketing.default_buckets(max(len(r["input_ids"]) for r in rows))
   with progress_bar(total=len(rows), desc="embed", unit="text",
                     disable=not show_progress) as bar:
@@ -230,8 +238,10 @@ def sentence_embeddings(bundle, texts, *, pooling: str | None = None,
   rows = bundle.tokenizer.encode_inputs(
       [(t, None) if isinstance(t, str) else (t[0], t[1]) for t in texts], max_length)
   fn = compiled_for(bundle, ("embeddings", spec),
-                    lambda: make_features_fn(bundle, spec, features=False))
-  out = embed_rows(bundle, rows, batch_size, None, show_progress, fn)
+                    lambda: (make_features_fn(bundle, spec, features=False),
+                             encoder_variables(bundle)))
+  out = embed_rows(bundle, rows, batch_size, bucketing.default_buckets(max_length),
+                   show_progress, fn)
   return np.stack(out["embeddings"]).astype(np.float32)
 
 
@@ -249,8 +259,11 @@ def embed_file(bundle: Bundle, input_path: str, output_path: str, *,
   if not os.path.isdir(out_dir):
     raise FlaxbertError(f"{out_dir}: output directory does not exist")
   rows = bundle.tokenizer.encode_inputs(read_text_lines(input_path), max_length)
-  fn = bucketing.CompiledCache(make_features_fn(bundle, spec))
-  out = embed_rows(bundle, rows, batch_size, None, show_progress, fn)
+  fn = bucketing.CompiledCache(make_features_fn(bundle, spec), encoder_variables(bundle))
+  # Buckets of --max-length, not of this file's longest row: other files (and the next run,
+  # through the persistent compilation cache) reuse the same compiled shapes.
+  out = embed_rows(bundle, rows, batch_size, bucketing.default_buckets(max_length),
+                   show_progress, fn)
   length = max(len(r["input_ids"]) for r in rows)
   result = {
       "hidden": bucketing.stack_padded(out["hidden"], length).astype(np.float32),

@@ -58,14 +58,13 @@ def make_fill_fn(bundle: Bundle, masks: int, top_k: int):
   (B x masks x k) at each row's first `masks` mask tokens (rows with fewer masks get
   candidates for other positions too, which the caller drops)."""
   model = bundle.model.clone(config=inference_config(bundle.config))
-  params = {"params": bundle.params}
   mask_id, vocab = bundle.tokenizer.mask_id, bundle.tokenizer.vocab_size
 
-  def run(batch):
+  def run(variables, batch):   # variables an argument, not constants: see CompiledCache
     ids_BxL = batch["input_ids"]
     # A stable sort puts each row's mask positions first, in text order.
     positions_BxP = jnp.argsort(ids_BxL != mask_id, axis=1, stable=True)[:, :masks]
-    out = model.apply(params, ids_BxL, batch["segment_ids"], batch["input_mask"],
+    out = model.apply(variables, ids_BxL, batch["segment_ids"], batch["input_mask"],
                       masked_positions=positions_BxP)
     probs_BxPxV = jax.nn.softmax(out["mlm_logits"].astype(jnp.float32), axis=-1)
     # Softmax over every output (as transformers); candidates only among real tokens, when
@@ -107,7 +106,7 @@ def fill_mask(bundle, texts, top_k: int = 5, *, batch_size: int = 32,
   counts = [int((row["input_ids"] == tokenizer.mask_id).sum()) for row in rows]
   masks = max(counts)
   fn = compiled_for(bundle, ("fill_mask", masks, top_k),
-                    lambda: make_fill_fn(bundle, masks, top_k))
+                    lambda: (make_fill_fn(bundle, masks, top_k), {"params": bundle.params}))
   buckets = bucketing.default_buckets(max(len(row["input_ids"]) for row in rows))
   with progress_bar(total=len(rows), desc="fill-mask", unit="text",
                     disable=not show_progress) as bar:
