@@ -96,8 +96,12 @@ def identity_fields(cls) -> tuple[str, ...]:
 class PretrainConfig:
   """BERT pretraining (MLM + NSP), or encoder-decoder span-corruption pretraining."""
   workdir: str = shared("workdir")
-  model: str = shared("model", "tiny")
+  model: str | None = shared("model", None, default_help="tiny; with --init, the checkpoint's")
   overrides: tuple[tuple[str, Any], ...] = shared("overrides", ())
+  init: str | None = setting(
+      None, metavar="BUNDLE_OR_HF_DIR", default_help="a fresh model of --config",
+      help="continue pretraining a flaxbert bundle or HF BERT checkpoint: its model config, "
+      "tokenizer and weights (MLM and NSP heads where it has them)")
   corpus: tuple[str, ...] = setting(
       (), metavar="FILE", default_help="the embedded corpus",
       help="BERT-format text: one sentence per line, a blank line between documents")
@@ -106,7 +110,7 @@ class PretrainConfig:
       default_help="every 50th document of the corpus")
   tokenizer: str | None = setting(None, metavar="DIR", help="tokenizer directory",
                                   default_help="train one into WORKDIR/tokenizer")
-  vocab_size: int = shared("vocab_size", 8000)
+  vocab_size: int | None = shared("vocab_size", None, default_help="8000")
   lowercase: bool = setting(False, help="lowercase the text (for a trained tokenizer)")
   data_dir: str | None = setting(None, metavar="DIR", help="cache of prepared datasets",
                                  default_help="WORKDIR/data/prepared", identity=False)
@@ -137,13 +141,27 @@ class PretrainConfig:
   async_checkpoints: bool = shared("async_checkpoints", True)
   progress: bool = shared("progress", True)
 
+  def __post_init__(self):
+    # The model is the tiny preset unless --config names one or --init brings one; runs
+    # record "tiny" as before.
+    if self.model is None and self.init is None:
+      object.__setattr__(self, "model", "tiny")
+
+  @property
+  def trained_vocab_size(self) -> int:
+    """Pieces of the tokenizer a run trains when given none. (None: --init refuses a given
+    --vocab-size, its checkpoint brings the tokenizer.)"""
+    return self.vocab_size or 8000
+
   @property
   def total_steps(self) -> int:
     # tiny is the README's main job: minutes on a laptop CPU. The others follow BERT.
     return self.steps if self.steps is not None else (300 if self.model == "tiny" else 1_000_000)
 
   def optimizer_config(self) -> optim.OptimizerConfig:
-    lr = self.learning_rate or (1e-3 if self.model == "tiny" else 1e-4)
+    lr = self.learning_rate
+    if lr is None:
+      lr = 1e-3 if self.model == "tiny" else 1e-4
     warmup = self.warmup_steps if self.warmup_steps is not None else self.total_steps // 10
     return optim.OptimizerConfig(
         name=self.optimizer, learning_rate=lr, warmup_steps=warmup, total_steps=self.total_steps,
