@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from flaxbert.commands.flags import add_config_arguments, config_from_args
+from flaxbert.errors import FlaxbertError
 from flaxbert.recipes.configs import PretrainConfig
 
 
@@ -22,6 +23,9 @@ def make_config(args) -> PretrainConfig:
 
 def run_pretrain(args) -> None:
   cfg = make_config(args)
+  if cfg.init is not None and args.architecture == "encdec":
+    raise FlaxbertError("--init continues BERT pretraining; it cannot be used with --model "
+                        "encdec")
   if args.aot_topology:
     from flaxbert.recipes.pretrain_aot import compile_for_topology
     report = compile_for_topology(cfg, args.aot_topology, chip_config=args.aot_chip_config,

