@@ -39,8 +39,9 @@ def reference_run(corpus_and_tokenizer, tmp_path_factory):
   """One uninterrupted 12-step run (in this process), the reference of the resume, export and
   packing tests: its workdir and its logged losses."""
   workdir = tmp_path_factory.mktemp("pretrain_reference") / "run"
-  rc, _, err = call_cli(*launcher_args(workdir, corpus_and_tokenizer, 12))
+  rc, out, err = call_cli(*launcher_args(workdir, corpus_and_tokenizer, 12))
   assert rc == 0, err
+  (workdir.parent / "stdout.txt").write_text(out)   # for test_ends_with_a_fill_mask_example
   return workdir, losses(workdir)
 
 
@@ -218,6 +219,27 @@ def test_non_finite_loss_stops_with_the_step_named(corpus_and_tokenizer, tmp_pat
   step = int(line.split("at step ")[1].split(";")[0])
   saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
   assert all(s < step for s in saved)
+
+
+def test_ends_with_a_fill_mask_example(corpus_and_tokenizer, reference_run):
+  """The run's last line: the written bundle's fill-mask top 5 on a held-out sentence with one
+  word masked (the first held-out line that qualifies, whatever the model predicts)."""
+  from flaxbert import bundle as bundle_lib
+  from flaxbert.inference.fill_mask import fill_mask
+  from flaxbert.recipes.bert_pretrain import held_out_example
+  workdir, _ = reference_run
+  last = (workdir.parent / "stdout.txt").read_text().strip().splitlines()[-1]
+  bundle = bundle_lib.load(str(workdir / "bundle"))
+  held_out = sorted(str(p) for p in (workdir / "data" / "split").rglob("*") if p.is_file()
+                    and "held" in p.name)
+  text, answer = held_out_example(held_out, bundle.tokenizer)
+  assert text.count("[MASK]") == 1 and len(bundle.tokenizer.encode(answer)) == 1
+  assert text.replace("[MASK]", answer) in {" ".join(line.split()) for path in held_out
+                                            for line in open(path, encoding="utf-8")}
+  want = fill_mask(bundle, [text], top_k=5)[0][0]
+  shown = ", ".join(f"{c['token'].lstrip(chr(0x2581)) or c['token']} {c['score']:.2f}"
+                    for c in want)
+  assert last == f"fill-mask on held-out text: {text!r} (masked: {answer!r}) -> {shown}"
 
 
 def test_export_and_bad_settings(corpus_and_tokenizer, reference_run, tmp_path):

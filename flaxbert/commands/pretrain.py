@@ -46,6 +46,13 @@ def run_pretrain(args) -> None:
                                                        "token_accuracy", "eval_loss")
                       if k in last)
     print(f"pretraining done: {shown}; bundle in {args.workdir}/bundle")
+    example = last.get("fill_mask")
+    if example:
+      # SentencePiece marks a word start with U+2581; shown as the word.
+      shown = ", ".join(f"{token.lstrip(chr(0x2581)) or token} {p:.2f}"
+                        for token, p in example["predictions"])
+      print(f"fill-mask on held-out text: {example['text']!r} (masked: {example['answer']!r})"
+            f" -> {shown}")
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ from flaxbert.data import default_corpus, heldout, pipeline
 from flaxbert.data import tokenizer as tokenizer_lib
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
+from flaxbert.inference.fill_mask import fill_mask
 from flaxbert.jsonfile import read_json
 from flaxbert.models.config import BertConfig, get_config
 from flaxbert.models.factory import build_model, dummy_inputs
@@ -189,7 +190,40 @@ def pretrain(cfg: PretrainConfig) -> dict:
     last = dict(result.last_metrics)
     if "tokens_per_s" in last:
       last["seq_per_s"] = last["tokens_per_s"] / cfg.seq_len
+    if run.is_main:
+      last["fill_mask"] = held_out_fill_mask(run.path("bundle"), eval_files, tokenizer)
     return last
+
+
+def held_out_example(eval_files, tokenizer) -> tuple[str, str] | None:
+  """(a held-out sentence with one word masked, that word), to show what the trained model
+  predicts on text it never saw: the first held-out line of 8 to 24 words, its lowercase
+  word nearest the middle that is one vocabulary piece (so one prediction can be right).
+  Chosen by rule, never by how well the model does on it."""
+  for path in eval_files:
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        words = line.split()
+        if not 8 <= len(words) <= 24:
+          continue
+        for i in sorted(range(len(words)), key=lambda i: abs(i - len(words) // 2)):
+          word = words[i]
+          if word.isalpha() and word.islower() and len(word) >= 3 \
+              and len(tokenizer.encode(word)) == 1:
+            return " ".join(words[:i] + [tokenizer_lib.MASK] + words[i + 1:]), word
+  return None
+
+
+def held_out_fill_mask(bundle_dir: str, eval_files, tokenizer, top_k: int = 5) -> dict | None:
+  """The written bundle's top-k for `held_out_example` (read back from disk: process 0 alone,
+  whatever the mesh), as {"text", "answer", "predictions": [[token, probability], ...]}."""
+  example = held_out_example(eval_files, tokenizer)
+  if example is None:
+    return None
+  text, answer = example
+  candidates = fill_mask(bundle_lib.load(bundle_dir), [text], top_k=top_k)[0][0]
+  return {"text": text, "answer": answer,
+          "predictions": [[c["token"], c["score"]] for c in candidates]}
 
 
 def dummy_pretraining_inputs() -> dict:
