@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -37,13 +38,14 @@ def test_embed_writes_features_in_input_order(minilm_bundle, minilm_dir, tmp_pat
   assert np.all(out["hidden"][out["mask"] == 0] == 0)
   # Row by row, the features equal the model run on that row alone.
   model, params, tokenizer = flaxbert.load(minilm_dir)
+  apply = jax.jit(model.apply)
   for row, line in enumerate(texts):
     a, _, b = line.partition("\t")
     ids, segments = tokenizer.build_inputs(tokenizer.encode(a),
                                            tokenizer.encode(b) if b else None, 20)
     assert out["input_ids"][row, :len(ids)].tolist() == ids
     assert out["mask"][row].sum() == len(ids)
-    single = model.apply({"params": params}, jnp.asarray([ids]), jnp.asarray([segments]))
+    single = apply({"params": params}, jnp.asarray([ids]), jnp.asarray([segments]))
     np.testing.assert_allclose(out["hidden"][row, :len(ids)], single["hidden"][0], atol=1e-4)
     np.testing.assert_allclose(out["pooled"][row], single["pooled"][0], atol=1e-4)
 
