@@ -232,7 +232,8 @@ def test_ends_with_a_fill_mask_example(corpus_and_tokenizer, reference_run):
   bundle = bundle_lib.load(str(workdir / "bundle"))
   held_out = sorted(str(p) for p in (workdir / "data" / "split").rglob("*") if p.is_file()
                     and "held" in p.name)
-  text, answer = held_out_example(held_out, bundle.tokenizer)
+  text, answer = held_out_example(held_out, bundle.tokenizer,
+                                  bundle.config.max_position_embeddings)
   assert text.count("[MASK]") == 1 and len(bundle.tokenizer.encode(answer)) == 1
   assert text.replace("[MASK]", answer) in {" ".join(line.split()) for path in held_out
                                             for line in open(path, encoding="utf-8")}

@@ -195,16 +195,17 @@ def pretrain(cfg: PretrainConfig) -> dict:
     return last
 
 
-def held_out_example(eval_files, tokenizer) -> tuple[str, str] | None:
+def held_out_example(eval_files, tokenizer, max_tokens: int) -> tuple[str, str] | None:
   """(a held-out sentence with one word masked, that word), to show what the trained model
-  predicts on text it never saw: the first held-out line of 8 to 24 words, its lowercase
-  word nearest the middle that is one vocabulary piece (so one prediction can be right).
-  Chosen by rule, never by how well the model does on it."""
+  predicts on text it never saw: the first held-out line of 8 to 24 words that fits in
+  `max_tokens` with [CLS] and [SEP], its lowercase word nearest the middle that is one
+  vocabulary piece (so one prediction can be right). Chosen by rule, never by how well the
+  model does on it."""
   for path in eval_files:
     with open(path, encoding="utf-8") as f:
       for line in f:
         words = line.split()
-        if not 8 <= len(words) <= 24:
+        if not 8 <= len(words) <= 24 or len(tokenizer.encode(" ".join(words))) + 2 > max_tokens:
           continue
         for i in sorted(range(len(words)), key=lambda i: abs(i - len(words) // 2)):
           word = words[i]
@@ -217,11 +218,12 @@ def held_out_example(eval_files, tokenizer) -> tuple[str, str] | None:
 def held_out_fill_mask(bundle_dir: str, eval_files, tokenizer, top_k: int = 5) -> dict | None:
   """The written bundle's top-k for `held_out_example` (read back from disk: process 0 alone,
   whatever the mesh), as {"text", "answer", "predictions": [[token, probability], ...]}."""
-  example = held_out_example(eval_files, tokenizer)
+  bundle = bundle_lib.load(bundle_dir)
+  example = held_out_example(eval_files, tokenizer, bundle.config.max_position_embeddings)
   if example is None:
     return None
   text, answer = example
-  candidates = fill_mask(bundle_lib.load(bundle_dir), [text], top_k=top_k)[0][0]
+  candidates = fill_mask(bundle, [text], top_k=top_k)[0][0]
   return {"text": text, "answer": answer,
           "predictions": [[c["token"], c["score"]] for c in candidates]}
 
