@@ -10,19 +10,43 @@ from typing import Any
 from flaxbert.errors import FlaxbertError
 
 
-def read_json(path: str) -> dict[str, Any]:
+def load_json(path: str) -> Any:
+  """The JSON value in `path`, whatever its type (say sentence-transformers' modules.json,
+  a list); a missing file, non-UTF-8 bytes or malformed JSON are one-line errors."""
   if not os.path.isfile(path):
     raise FlaxbertError(f"{path}: no such file")
   try:
     with open(path, encoding="utf-8") as f:
-      value = json.load(f)
+      return json.load(f)
   except json.JSONDecodeError as e:
     raise FlaxbertError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
   except UnicodeDecodeError:
     raise FlaxbertError(f"{path}: not UTF-8 text") from None
+
+
+def read_json(path: str) -> dict[str, Any]:
+  value = load_json(path)
   if not isinstance(value, dict):
     raise FlaxbertError(f"{path}: expected a JSON object")
   return value
+
+
+def read_json_lines(path: str) -> list[tuple[int, dict[str, Any]]]:
+  """(line number, object) of each line of a JSON Lines file (metrics.jsonl), blank lines
+  skipped; a malformed line is a one-line error naming the file and line."""
+  rows = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise FlaxbertError(f"{path}:{number}: malformed JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise FlaxbertError(f"{path}:{number}: expected a JSON object")
+      rows.append((number, row))
+  return rows
 
 
 def write_json(path: str, obj: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 from flaxbert import output_dir
 from flaxbert.errors import FlaxbertError
-from flaxbert.jsonfile import read_json, write_json
+from flaxbert.jsonfile import read_json, read_json_lines, write_json
 
 DPI = 100
 MANIFEST = "report.json"
@@ -58,20 +58,11 @@ def read_metrics(path: str) -> list[dict]:
   if not os.path.isfile(path):
     raise FlaxbertError(f"{path}: no such file (a report needs a run's metrics.jsonl)")
   rows = []
-  with open(path, encoding="utf-8", errors="replace") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise FlaxbertError(f"{path}:{number}: malformed JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise FlaxbertError(f"{path}:{number}: expected a JSON object")
-      step = row.get("step")
-      if not isinstance(step, int) or isinstance(step, bool):
-        raise FlaxbertError(f"{path}:{number}: expected an integer \"step\", got {step!r}")
-      rows.append(row)
+  for number, row in read_json_lines(path):
+    step = row.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+      raise FlaxbertError(f"{path}:{number}: expected an integer \"step\", got {step!r}")
+    rows.append(row)
   if not rows:
     raise FlaxbertError(f"{path}: no metrics logged yet")
   return rows

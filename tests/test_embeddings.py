@@ -158,5 +158,5 @@ def test_bad_pooling_settings_are_one_line(tiny_hf, tmp_path):
   assert rc == 0, stderr
   (tmp_path / "st" / "modules.json").write_text("[{")
   rc, _, stderr = call_cli("embed", st_dir, *base)
-  assert rc == 2 and "modules.json: malformed JSON" in stderr
+  assert rc == 2 and "modules.json:1: malformed JSON" in stderr   # as every JSON file (jsonfile)
   assert not os.path.exists(tmp_path / "o.npz.partial.npz")

@@ -12,7 +12,6 @@ command that takes a bundle takes an HF model too. `flaxbert.bundle.load` dispat
 
 from __future__ import annotations
 
-import json
 import dataclasses
 import logging
 import os
@@ -25,7 +24,7 @@ from flaxbert.bundle.store import (FORMAT, FORMAT_VERSION, Bundle, new_directory
                                    restore_params, save_params)
 from flaxbert.data.tokenizer import Tokenizer, load_tokenizer
 from flaxbert.errors import FlaxbertError
-from flaxbert.jsonfile import read_json, write_json
+from flaxbert.jsonfile import load_json, read_json, write_json
 from flaxbert.models.config import BertConfig
 from flaxbert.models.factory import build_model, init_params
 
@@ -183,11 +182,7 @@ def sentence_transformers_embedding(directory: str) -> dict | None:
   path = os.path.join(directory, "modules.json")
   if not os.path.isfile(path):
     return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      modules = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise FlaxbertError(f"{path}: malformed JSON ({e})") from None
+  modules = load_json(path)
   if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
     raise FlaxbertError(f"{path}: expected a JSON list of modules")
   kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]

@@ -18,7 +18,6 @@ computes (dtype, dropout, attention, remat), never its architecture, which is --
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ from flaxbert import bundle as bundle_lib
 from flaxbert import sharding as mesh_lib
 from flaxbert.data.pipeline import finetune_data
 from flaxbert.errors import FlaxbertError
-from flaxbert.jsonfile import read_json, write_json
+from flaxbert.jsonfile import read_json, read_json_lines, write_json
 from flaxbert.models.config import BertConfig
 from flaxbert.models.factory import build_model, dummy_inputs
 from flaxbert.recipes.configs import DEV_METRICS, FinetuneConfig
@@ -245,11 +244,8 @@ def _recorded_dev_scores(metrics_file: str) -> dict:
   train evaluates nothing, and results.json keeps what the run scored."""
   scores = {}
   if os.path.isfile(metrics_file):
-    with open(metrics_file, encoding="utf-8") as f:
-      for line in f:
-        row = json.loads(line)
-        dev = {k: v for k, v in row.items() if k.startswith("dev_")}
-        scores = dev or scores
+    for _, row in read_json_lines(metrics_file):
+      scores = {k: v for k, v in row.items() if k.startswith("dev_")} or scores
   return scores
 
 
