@@ -235,36 +235,6 @@ def accuracy(gold: Sequence, pred: Sequence) -> float:
   return float(np.mean(gold == pred)) if len(gold) else 0.0
 
 
-def macro_f1(gold: Sequence, pred: Sequence) -> float:
-  """Mean per-class F1 over the classes in gold or predictions (sklearn's `average="macro"`)."""
-  gold, pred = np.asarray(gold), np.asarray(pred)
-  scores = []
-  for c in sorted(set(gold.tolist()) | set(pred.tolist())):
-    tp = np.sum((gold == c) & (pred == c))
-    fp = np.sum((gold != c) & (pred == c))
-    fn = np.sum((gold == c) & (pred != c))
-    denom = 2 * tp + fp + fn
-    scores.append(2 * tp / denom if denom else 0.0)
-  return float(np.mean(scores)) if scores else 0.0
-
-
-def matthews(gold: Sequence, pred: Sequence) -> float:
-  """Multiclass Matthews correlation (Gorodkin's R_K, as sklearn's matthews_corrcoef)."""
-  gold, pred = np.asarray(gold), np.asarray(pred)
-  classes = sorted(set(gold.tolist()) | set(pred.tolist()))
-  index = {c: i for i, c in enumerate(classes)}
-  confusion = np.zeros((len(classes), len(classes)), np.float64)
-  for g, p in zip(gold.tolist(), pred.tolist()):
-    confusion[index[g], index[p]] += 1
-  t, p = confusion.sum(axis=1), confusion.sum(axis=0)
-  c, s = np.trace(confusion), confusion.sum()
-  cov_ytyp = c * s - t @ p
-  cov_ypyp = s * s - p @ p
-  cov_ytyt = s * s - t @ t
-  denom = math.sqrt(cov_ytyt * cov_ypyp)
-  return float(cov_ytyp / denom) if denom else 0.0
-
-
 def confusion_matrix(gold: Sequence[str], pred: Sequence[str]) -> tuple[list[str], np.ndarray]:
   """(the labels of gold and predictions, sorted; counts: rows gold, columns predicted)."""
   labels = sorted(set(gold) | set(pred))
@@ -289,15 +259,31 @@ def per_class(labels: Sequence[str], matrix: np.ndarray) -> dict[str, dict]:
   return out
 
 
+def matthews(matrix: np.ndarray) -> float:
+  """Multiclass Matthews correlation of a confusion matrix (Gorodkin's R_K, as sklearn's
+  matthews_corrcoef)."""
+  confusion = matrix.astype(np.float64)
+  t, p = confusion.sum(axis=1), confusion.sum(axis=0)
+  c, s = np.trace(confusion), confusion.sum()
+  cov_ytyp = c * s - t @ p
+  cov_ypyp = s * s - p @ p
+  cov_ytyt = s * s - t @ t
+  denom = math.sqrt(cov_ytyt * cov_ypyp)
+  return float(cov_ytyp / denom) if denom else 0.0
+
+
 def classification_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict:
-  """accuracy, macro_f1, matthews (floats); `confusion_matrix` {"labels", "matrix": rows
-  gold, columns predicted} and `per_class` {label: {precision, recall, f1, support}}, in
-  plain ints and floats (JSON as they are)."""
+  """accuracy, macro_f1 (the mean per-class F1 over the classes in gold or predictions,
+  sklearn's `average="macro"`), matthews (floats); `confusion_matrix` {"labels", "matrix":
+  rows gold, columns predicted} and `per_class` {label: {precision, recall, f1, support}},
+  in plain ints and floats (JSON as they are). All but accuracy come from the one matrix."""
   labels, matrix = confusion_matrix(gold, pred)
-  return {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred),
-          "matthews": matthews(gold, pred),
+  classes = per_class(labels, matrix)
+  return {"accuracy": accuracy(gold, pred),
+          "macro_f1": float(np.mean([c["f1"] for c in classes.values()])) if classes else 0.0,
+          "matthews": matthews(matrix),
           "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
-          "per_class": per_class(labels, matrix)}
+          "per_class": classes}
 
 
 def regression_metrics(gold: Sequence[float], pred: Sequence[float]) -> dict[str, float]:
