@@ -123,15 +123,10 @@ def decode(logits_NxSxT: np.ndarray, firsts: list[list[int]], sentences: Sequenc
   return ScoredTags(tags, probabilities)
 
 
-def word_offsets(words: Sequence[str], text: str | None = None) -> list[tuple[int, int]]:
+def word_offsets(words: Sequence[str], text: str) -> list[tuple[int, int]]:
   """Each word's (start, end) character span in `text`, the words found in order (`text`
-  split on whitespace gives them); default: the words joined by single spaces."""
+  split on whitespace gives them)."""
   spans, at = [], 0
-  if text is None:
-    for word in words:
-      spans.append((at, at + len(word)))
-      at += len(word) + 1
-    return spans
   for word in words:
     start = text.index(word, at)
     spans.append((start, start + len(word)))
@@ -144,8 +139,8 @@ def entity_spans(words: Sequence[str], tags: Sequence[str], probabilities: Seque
   """The entities of one sentence's predicted tags: {type, text, start, end, score} with
   character offsets into `text` (default: the words joined by single spaces) and score the
   mean probability of the entity's words' tags."""
-  offsets = word_offsets(words, text)
   text = " ".join(words) if text is None else text
+  offsets = word_offsets(words, text)
   spans = []
   for kind, first, last in get_entities(list(tags)):
     start, end = offsets[first][0], offsets[last][1]
