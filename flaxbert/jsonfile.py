@@ -12,16 +12,21 @@ from flaxbert.errors import FlaxbertError
 
 def load_json(path: str) -> Any:
   """The JSON value in `path`, whatever its type (say sentence-transformers' modules.json,
-  a list); a missing file, non-UTF-8 bytes or malformed JSON are one-line errors."""
+  a list, or a SQuAD file); a missing file, non-UTF-8 bytes or malformed JSON are one-line
+  errors naming the line."""
   if not os.path.isfile(path):
     raise FlaxbertError(f"{path}: no such file")
+  with open(path, "rb") as f:
+    raw = f.read()
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise FlaxbertError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x})") from None
+  try:
+    return json.loads(text)
   except json.JSONDecodeError as e:
     raise FlaxbertError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-  except UnicodeDecodeError:
-    raise FlaxbertError(f"{path}: not UTF-8 text") from None
 
 
 def read_json(path: str) -> dict[str, Any]:

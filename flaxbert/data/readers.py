@@ -13,7 +13,7 @@ import os
 from typing import Iterator, Sequence
 
 from flaxbert.errors import FlaxbertError
-import json
+from flaxbert.jsonfile import load_json
 
 log = logging.getLogger("flaxbert.data")
 
@@ -144,23 +144,6 @@ def read_conll(path: str) -> Iterator[tuple[int, list[str], list[str]]]:
     yield start, tokens, tags
 
 
-def _read_json(path: str):
-  """A JSON file; non-UTF-8 bytes and syntax errors are errors naming the line."""
-  if not os.path.isfile(path):
-    raise FlaxbertError(f"{path}: no such file")
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    raise FlaxbertError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x})") from None
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
-    raise FlaxbertError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-
-
 def read_squad(path: str, skips: SkipCounter) -> list[dict]:
   """SQuAD v1.1 / v2.0 questions: dicts with id, question, context, answers (text,
   answer_start); v2.0's unanswerable questions (`is_impossible`) have no answers.
@@ -168,7 +151,7 @@ def read_squad(path: str, skips: SkipCounter) -> list[dict]:
   An answer whose `answer_start` does not point at its text is skipped and counted (the
   question is kept if another answer is right); a missing key is an error naming the id.
   """
-  data = _read_json(path)
+  data = load_json(path)
   if not isinstance(data, dict) or not isinstance(data.get("data"), list):
     raise FlaxbertError(f"{path}: not SQuAD JSON (expected an object with a 'data' list)")
   questions = []

@@ -27,6 +27,7 @@ from scipy import special
 from flaxbert.data import readers
 from flaxbert.data.finetuning import squad_examples
 from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import load_json
 
 
 # --- the official normalisation and scores ---------------------------------------------------
@@ -142,7 +143,7 @@ def _line_of(raw: str, needle: str, default: int = 1) -> int:
 
 def check_answers(path: str) -> None:
   """Every answer's `answer_start` must point at its text; else an error with file and line."""
-  data = readers._read_json(path)
+  data = load_json(path)
   if not isinstance(data, dict) or not isinstance(data.get("data"), list):
     raise FlaxbertError(f"{path}: not SQuAD JSON (expected an object with a 'data' list)")
   raw = None
@@ -179,7 +180,7 @@ def gold_answers(questions: Iterable[dict]) -> dict[str, list[str]]:
 
 
 def version_2(path: str) -> bool:
-  data = readers._read_json(path)
+  data = load_json(path)
   if str(data.get("version", "")).startswith("v2") or str(data.get("version", "")) == "2.0":
     return True
   return any(qa.get("is_impossible") for article in data.get("data", [])
@@ -188,7 +189,7 @@ def version_2(path: str) -> bool:
 
 def write_subset(path: str, out: str, keep: set[str]) -> None:
   """A SQuAD file with only the questions whose ids are in `keep` (empty paragraphs dropped)."""
-  data = readers._read_json(path)
+  data = load_json(path)
   articles = []
   for article in data["data"]:
     paragraphs = []
@@ -332,14 +333,14 @@ def write_predictions(path: str, answers: dict[str, str]) -> None:
 
 
 def read_predictions(path: str) -> dict[str, str]:
-  data = readers._read_json(path)
+  data = load_json(path)
   if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
     raise FlaxbertError(f"{path}: expected a JSON object question id -> answer text")
   return data
 
 
 def read_null_odds(path: str) -> dict[str, float]:
-  data = readers._read_json(path)
+  data = load_json(path)
   if not isinstance(data, dict) or not all(
       isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()):
     raise FlaxbertError(f"{path}: expected a JSON object question id -> null odds (a number, "
