@@ -33,7 +33,6 @@ import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
-import jax
 import numpy as np
 
 from flaxbert import bundle as bundle_lib
@@ -69,8 +68,8 @@ class TaskPipeline:
                                                           **settings)
     self.batch_size = batch_size
     self._results = _RESULTS[self.task.name]
-    self._step = jax.jit(make_predict_step(self.bundle.model))
-    self._params = jax.device_put(self.bundle.params)
+    self._step = bucketing.CompiledCache(make_predict_step(self.bundle.model),
+                                         self.bundle.params)
     self._buckets = bucketing.default_buckets(self.settings.max_seq_length)
 
   def __call__(self, inputs):
@@ -92,7 +91,7 @@ class TaskPipeline:
     lengths = arrays["input_mask"].sum(axis=1)
     rows = [{k: arrays[k][i, :n] for k in INPUT_KEYS} for i, n in enumerate(lengths)]
     per_token = self.task.per_token_outputs
-    out = bucketing.run_bucketed(lambda batch: self._step(self._params, batch), rows,
+    out = bucketing.run_bucketed(self._step, rows,
                                  self.batch_size, self._buckets, per_token=per_token,
                                  pad_values={"input_ids": self.bundle.tokenizer.pad_id})
     width = arrays["input_ids"].shape[1]

@@ -62,7 +62,7 @@ def predict_file(bundle_path: str, task: str, input_path: str, output_path: str,
   """Writes `output_path` for `input_path` with the fine-tuned bundle (and what the task
   writes beside it: ner's spans, qa's n-best answers and null odds); returns rows done.
   `overrides`: TaskSettings fields (None keeps the bundle's own)."""
-  registry.get(task)
+  registry.get(task)   # an unknown task name: its one line before any file is looked at
   out_dir = os.path.dirname(os.path.abspath(output_path))
   if not os.path.isdir(out_dir):
     raise FlaxbertError(f"{out_dir}: output directory does not exist")
