@@ -52,21 +52,31 @@ def load_bert(path: str, meta: dict, *, head: str | None = None, num_labels: int
   classification), the encoder weights are kept and the new head is freshly initialised,
   with one log line naming what was initialised.
   """
-  config_path = os.path.join(path, "config.json")
   if meta.get("format") == FORMAT:
     bundle = _load_bundle(path, meta)
   elif "model_type" in meta:
     bundle = import_hf(path)
   else:
-    raise FlaxbertError(f"{config_path}: neither a flaxbert bundle nor an HF BERT config")
+    config_of(path, meta)   # neither a bundle nor an HF checkpoint: its one-line error
   if head is not None and (head != bundle.head or (num_labels and num_labels != getattr(
       bundle.model, "num_labels", None))):
     bundle = rehead(bundle, head, num_labels, labels, seed)
   return bundle
 
 
+def config_of(path: str, meta: dict) -> BertConfig:
+  """The BERT config that `path`'s config.json (its content: `meta`) declares, a flaxbert
+  bundle's or an HF checkpoint's, without reading any weights."""
+  if meta.get("format") == FORMAT:
+    return BertConfig.from_dict(meta.get("config") or {})
+  if "model_type" in meta:
+    return BertConfig.from_hf(meta)
+  raise FlaxbertError(f"{os.path.join(path, 'config.json')}: neither a flaxbert bundle nor an "
+                      "HF BERT config")
+
+
 def _load_bundle(path: str, meta: dict) -> Bundle:
-  config = BertConfig.from_dict(meta.get("config") or {})
+  config = config_of(path, meta)
   head = meta.get("head", "encoder")
   model = build_model(config, head, meta.get("num_labels"))
   params = restore_params(os.path.join(path, "params"), abstract_params(model))
@@ -79,7 +89,7 @@ def _load_bundle(path: str, meta: dict) -> Bundle:
 def import_hf(directory: str, seed: int = 0) -> Bundle:
   """An HF BERT checkpoint directory as a Bundle; heads it lacks are initialised fresh."""
   hf_config = read_json(os.path.join(directory, "config.json"))
-  config = BertConfig.from_hf(hf_config)
+  config = config_of(directory, hf_config)
   tokenizer = load_tokenizer(directory)
   _check_vocab(config, tokenizer, directory)
   sd, source = hf.read_state_dict(directory)

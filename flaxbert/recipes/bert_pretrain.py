@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxbert import bundle as bundle_lib
+from flaxbert.bundle import bert as bert_bundle
 from flaxbert import sharding
 from flaxbert.data import default_corpus, heldout, pipeline
 from flaxbert.data import tokenizer as tokenizer_lib
@@ -86,16 +87,10 @@ def _init_config(cfg: PretrainConfig) -> BertConfig:
   if not os.path.isdir(path):
     raise FlaxbertError(f"--init {path}: no such bundle or checkpoint directory")
   meta = read_json(os.path.join(path, "config.json"))
-  if meta.get("format") == bundle_lib.FORMAT:
-    if meta.get("model", "bert") != "bert":
-      raise FlaxbertError(f"--init {path}: an encoder-decoder bundle; BERT pretraining "
-                          "continues a BERT bundle or HF BERT checkpoint")
-    config = BertConfig.from_dict(meta.get("config") or {})
-  elif "model_type" in meta:
-    config = BertConfig.from_hf(meta)
-  else:
-    raise FlaxbertError(f"--init {path}/config.json: neither a flaxbert bundle nor an HF BERT "
-                        "config")
+  if meta.get("format") == bundle_lib.FORMAT and meta.get("model", "bert") != "bert":
+    raise FlaxbertError(f"--init {path}: an encoder-decoder bundle; BERT pretraining "
+                        "continues a BERT bundle or HF BERT checkpoint")
+  config = bert_bundle.config_of(path, meta)
   overrides = dict(cfg.overrides)
   fixed = sorted(set(overrides) - set(INIT_SETTABLE))
   if fixed:
