@@ -186,7 +186,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if "tokens_per_s" in last:
       last["seq_per_s"] = last["tokens_per_s"] / cfg.seq_len
     if run.is_main:
-      last["fill_mask"] = held_out_fill_mask(run.path("bundle"), eval_files, tokenizer)
+      last["fill_mask"] = held_out_fill_mask(run.path("bundle"), eval_files)
     return last
 
 
@@ -210,11 +210,12 @@ def held_out_example(eval_files, tokenizer, max_tokens: int) -> tuple[str, str] 
   return None
 
 
-def held_out_fill_mask(bundle_dir: str, eval_files, tokenizer, top_k: int = 5) -> dict | None:
+def held_out_fill_mask(bundle_dir: str, eval_files, top_k: int = 5) -> dict | None:
   """The written bundle's top-k for `held_out_example` (read back from disk: process 0 alone,
   whatever the mesh), as {"text", "answer", "predictions": [[token, probability], ...]}."""
   bundle = bundle_lib.load(bundle_dir)
-  example = held_out_example(eval_files, tokenizer, bundle.config.max_position_embeddings)
+  example = held_out_example(eval_files, bundle.tokenizer,
+                             bundle.config.max_position_embeddings)
   if example is None:
     return None
   text, answer = example
