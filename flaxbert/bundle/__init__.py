@@ -13,8 +13,9 @@ import os
 
 from flaxbert.bundle.bert import export_hf, import_hf, load_bert, rehead, write_bert
 from flaxbert.bundle.encdec import load_encdec, write_encdec
-from flaxbert.bundle.store import (FORMAT, FORMAT_VERSION, Bundle, new_directory,
-                                   replacing_directory, restore_params, save_params)
+from flaxbert.bundle.store import (FORMAT, FORMAT_VERSION, SETTINGS_FILE, Bundle,
+                                   new_directory, replacing_directory, restore_params,
+                                   save_params)
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, write_json
 from flaxbert.models.encdec_config import EncDecConfig
@@ -59,7 +60,11 @@ def load(path: str, *, head: str | None = None, num_labels: int | None = None,
   meta = read_json(os.path.join(path, "config.json"))
   if meta.get("format") == FORMAT and meta.get("model", "bert") == "encdec":
     return load_encdec(path, meta)   # one head (seq2seq): nothing to re-head
-  return load_bert(path, meta, head=head, num_labels=num_labels, labels=labels, seed=seed)
+  bundle = load_bert(path, meta, head=head, num_labels=num_labels, labels=labels, seed=seed)
+  settings = os.path.join(path, SETTINGS_FILE)
+  if os.path.isfile(settings):
+    bundle.task_settings = read_json(settings)
+  return bundle
 
 
 def load_encdec_bundle(path: str) -> Bundle:
@@ -70,6 +75,6 @@ def load_encdec_bundle(path: str) -> Bundle:
   return bundle
 
 
-__all__ = ["Bundle", "FORMAT", "FORMAT_VERSION", "export_hf", "import_hf", "load",
+__all__ = ["Bundle", "FORMAT", "FORMAT_VERSION", "SETTINGS_FILE", "export_hf", "import_hf", "load",
            "load_encdec_bundle", "model_kind", "new_directory", "rehead", "replace",
            "replacing_directory", "restore_params", "save", "save_params"]

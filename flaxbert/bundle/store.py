@@ -23,6 +23,7 @@ from flaxbert.output_dir import (new_directory, recover_replaced,  # re-exported
 
 FORMAT = "flaxbert-bundle"
 FORMAT_VERSION = 1
+SETTINGS_FILE = "finetune.json"   # a fine-tuned bundle's task settings, beside config.json
 
 
 @dataclasses.dataclass
@@ -38,6 +39,9 @@ class Bundle:
   # How sentence embeddings are pooled by default ({"pooling", "normalize", "max_length"}),
   # as a sentence-transformers checkpoint declares it (bundle/bert.py); None: no default.
   sentence_embedding: dict | None = None
+  # The fine-tune's task settings (SETTINGS_FILE: max_seq_length, qa's n_best...) that
+  # `flaxbert predict` reads, so that a serving export can carry them; None: not fine-tuned.
+  task_settings: dict | None = None
 
   def __iter__(self):
     return iter((self.model, self.params, self.tokenizer))

@@ -124,6 +124,19 @@ def run_bucketed(fn: Callable[[dict], dict], rows: Sequence[dict], batch_size: i
   return results
 
 
+def unpadded_rows(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+  """Padded N x S model inputs (those of DEFAULT_PAD) as N rows cut at each row's mask."""
+  lengths = arrays["input_mask"].sum(axis=1)
+  return [{k: arrays[k][i, :n] for k in DEFAULT_PAD} for i, n in enumerate(lengths)]
+
+
+def stack_outputs(out: dict[str, list], per_token: Sequence[str], width: int
+                  ) -> dict[str, np.ndarray]:
+  """`run_bucketed`'s per-row outputs as N x ... arrays, the per-token ones padded back to
+  N x `width` (zeros past each row's length)."""
+  return {k: stack_padded(v, width) if k in per_token else np.stack(v) for k, v in out.items()}
+
+
 def stack_padded(arrays: Sequence[np.ndarray], length: int | None = None,
                  fill=0) -> np.ndarray:
   """Per-row arrays of different lengths (axis 0) as one [rows, length, ...] array."""

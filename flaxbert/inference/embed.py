@@ -64,15 +64,7 @@ def resolve_pooling(bundle: Bundle, pooling: str | None = None, normalize: bool 
                     layers: Sequence[int] | None = None) -> Pooling:
   """The pooling asked for; what is not given comes from the bundle's sentence-transformers
   default, else mean pooling of the last layer, not normalised."""
-  default = bundle.sentence_embedding or {}
-  mode = pooling or default.get("pooling") or DEFAULT_POOLING
-  if mode not in POOLINGS:
-    if pooling is None:
-      raise FlaxbertError(f"the checkpoint's sentence-transformers pooling {mode!r} is not "
-                          f"supported; choose one with --pooling ({', '.join(POOLINGS)})")
-    raise FlaxbertError(f"unknown pooling {mode!r}: use one of {', '.join(POOLINGS)}")
-  if normalize is None:
-    normalize = bool(default.get("normalize", False))
+  base = default_pooling(bundle.sentence_embedding, pooling, normalize)
   count = bundle.config.num_layers + 1
   layers = tuple(layers) if layers is not None else (-1,)
   if not layers:
@@ -83,10 +75,26 @@ def resolve_pooling(bundle: Bundle, pooling: str | None = None, normalize: bool 
                           f"states (-{count}..{count - 1}; -1 is the last layer, 0 the "
                           "embeddings)")
   layers = tuple(layer % count for layer in layers)
-  if mode == "pooler" and layers != (count - 1,):
+  if base.mode == "pooler" and layers != (count - 1,):
     raise FlaxbertError("--pooling pooler is BERT's pooled output of the last layer; "
                         "--layers applies to cls, mean and max")
-  return Pooling(mode, bool(normalize), layers)
+  return dataclasses.replace(base, layers=layers)
+
+
+def default_pooling(sentence_embedding: dict | None, pooling: str | None = None,
+                    normalize: bool | None = None) -> Pooling:
+  """The mode and normalisation of `resolve_pooling` (layers left empty: the last), from a
+  bundle's (or a serving export's) `sentence_embedding` record."""
+  default = sentence_embedding or {}
+  mode = pooling or default.get("pooling") or DEFAULT_POOLING
+  if mode not in POOLINGS:
+    if pooling is None:
+      raise FlaxbertError(f"the checkpoint's sentence-transformers pooling {mode!r} is not "
+                          f"supported; choose one with --pooling ({', '.join(POOLINGS)})")
+    raise FlaxbertError(f"unknown pooling {mode!r}: use one of {', '.join(POOLINGS)}")
+  if normalize is None:
+    normalize = bool(default.get("normalize", False))
+  return Pooling(mode, bool(normalize))
 
 
 def pool(hidden_BxLxD, pooled_BxD, input_mask_BxL, pooling: Pooling):

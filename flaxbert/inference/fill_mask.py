@@ -115,12 +115,12 @@ def fill_mask(bundle, texts, top_k: int = 5, *, batch_size: int = 32,
                                  progress=bar.update)
   results = []
   for row, count, scores, ids in zip(rows, counts, out["scores"], out["token_ids"]):
-    results.append([_candidates(tokenizer, row["input_ids"], m, scores[m], ids[m])
+    results.append([mask_candidates(tokenizer, row["input_ids"], m, scores[m], ids[m])
                     for m in range(count)])
   return results
 
 
-def _candidates(tokenizer, input_ids, which: int, scores, token_ids) -> list[dict]:
+def mask_candidates(tokenizer, input_ids, which: int, scores, token_ids) -> list[dict]:
   """The candidates of the `which`-th mask of a row, each with its filled-in sequence."""
   text_ids = [int(i) for i in input_ids[1:-1]]   # without [CLS] and the final [SEP]
   positions = [i for i, t in enumerate(text_ids) if t == tokenizer.mask_id]

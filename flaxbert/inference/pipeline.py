@@ -42,7 +42,6 @@ from flaxbert.inference.embed import sentence_embeddings
 from flaxbert.inference.fill_mask import fill_mask
 from flaxbert.tasks import ner
 from flaxbert.tasks.predict import TaskSettings, load_for_task
-from flaxbert.tasks.runner import INPUT_KEYS
 from flaxbert.training.step import make_predict_step
 
 # Settings a task pipeline takes as keywords (the rest of TaskSettings the pipeline fixes:
@@ -67,7 +66,7 @@ class TaskPipeline:
     self.bundle, self.settings, self.task = load_for_task(path, task, max_seq_length=max_length,
                                                           **settings)
     self.batch_size = batch_size
-    self._results = _RESULTS[self.task.name]
+    self._results = TASK_RESULTS[self.task.name]
     self._step = bucketing.CompiledCache(make_predict_step(self.bundle.model),
                                          self.bundle.params)
     self._buckets = bucketing.default_buckets(self.settings.max_seq_length)
@@ -88,15 +87,11 @@ class TaskPipeline:
   def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The model's outputs over padded N x S inputs, run in length buckets: per-token
     outputs come back N x S (zero past each row's length), the others N x ..."""
-    lengths = arrays["input_mask"].sum(axis=1)
-    rows = [{k: arrays[k][i, :n] for k in INPUT_KEYS} for i, n in enumerate(lengths)]
     per_token = self.task.per_token_outputs
-    out = bucketing.run_bucketed(self._step, rows,
+    out = bucketing.run_bucketed(self._step, bucketing.unpadded_rows(arrays),
                                  self.batch_size, self._buckets, per_token=per_token,
                                  pad_values={"input_ids": self.bundle.tokenizer.pad_id})
-    width = arrays["input_ids"].shape[1]
-    return {k: bucketing.stack_padded(v, width) if k in per_token else np.stack(v)
-            for k, v in out.items()}
+    return bucketing.stack_outputs(out, per_token, arrays["input_ids"].shape[1])
 
 
 # --- results per task: what the task's predictions say, as plain Python values ----------------
@@ -148,7 +143,8 @@ class BundlePipeline:
     return self._function(self._bundle, texts, **self._settings)
 
 
-_RESULTS: dict[str, Callable[[Any, Any, Sequence], list]] = {
+# Task name -> (prepared inputs, their predictions, the inputs as given) -> results.
+TASK_RESULTS: dict[str, Callable[[Any, Any, Sequence], list]] = {
     "classify": _classify_results, "regression": _regression_results, "ner": _ner_results,
     "qa": _qa_results}
 

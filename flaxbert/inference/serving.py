@@ -6,8 +6,9 @@
     DIR/params.npz        the parameters, flat {"bert/embeddings/...": array}; with --int8 the
                           dense kernels are int8 plus ":scale" arrays (dequantized inside f)
     DIR/tokenizer/        the bundle's tokenizer
-    DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, and the
-                          size and sha256 of every file (flaxbert.inference.serving_manifest)
+    DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, the
+                          bundle's pooling default and fine-tune settings, and the size and
+                          sha256 of every file (flaxbert.inference.serving_manifest)
 
 Parameters are inputs of the exported function, stored next to it, not constants baked into
 the module: XLA would constant-fold the int8 dequantization back to float32 while compiling
@@ -94,6 +95,10 @@ def _manifest(bundle, exported, int8, compute_dtype, max_length, params_report,
       "outputs": manifest_lib.describe_outputs(exported),
       "files": files,
       "params": params_report,
+      # What `flaxbert serve` needs to answer as predict / embed answer for the bundle: its
+      # sentence-transformers pooling default and its fine-tune's task settings (or null).
+      "sentence_embedding": bundle.sentence_embedding,
+      "task_settings": bundle.task_settings,
   }
   manifest[manifest_lib.DIGEST_FIELD] = manifest_lib.manifest_digest(manifest)
   return manifest

@@ -11,12 +11,12 @@ import dataclasses
 import os
 
 from flaxbert import bundle as bundle_lib
+from flaxbert.bundle import SETTINGS_FILE
 from flaxbert import sharding as mesh_lib
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json
 from flaxbert.tasks import registry
 
-SETTINGS_FILE = "finetune.json"   # beside a fine-tuned bundle's config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,13 @@ class TaskSettings:
     stored = {}
     if os.path.isfile(os.path.join(path, SETTINGS_FILE)):
       stored = read_json(os.path.join(path, SETTINGS_FILE))
-    stored.update({k: v for k, v in overrides.items() if v is not None})
+    return cls.of_dict(stored, **overrides)
+
+  @classmethod
+  def of_dict(cls, stored: dict | None, **overrides) -> "TaskSettings":
+    """Stored settings (a finetune.json's, or a serving export's copy of them) under
+    `overrides` (None keeps the stored value); unknown keys are ignored."""
+    stored = {**(stored or {}), **{k: v for k, v in overrides.items() if v is not None}}
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in stored.items() if k in fields})
 

@@ -220,18 +220,8 @@ class ClassifyTask(Task):
                                    need_label, regression=self.regression)
 
   def text_inputs(self, tokenizer, settings, labels, texts):
-    rows = []
-    for i, text in enumerate(texts):
-      if isinstance(text, str):
-        rows.append((text, None))
-      elif isinstance(text, (tuple, list)) and len(text) == 2 and all(
-          isinstance(t, str) for t in text):
-        rows.append(tuple(text))
-      else:
-        raise FlaxbertError(f"input {i}: expected a text or a (text_a, text_b) pair of texts, "
-                            f"got {type(text).__name__}")
-    return classify.ClassifyInputs.of_texts(tokenizer, settings.max_seq_length, labels, rows,
-                                            regression=self.regression)
+    return classify.ClassifyInputs.of_texts(tokenizer, settings.max_seq_length, labels,
+                                            text_pairs(texts), regression=self.regression)
 
   def score_file(self, predictions, gold, null_odds=None):
     self._no_null_odds(null_odds)
@@ -243,6 +233,22 @@ class ClassifyTask(Task):
       mean = float(np.mean([float(x) for x in prepared.train_labels]))
       return dev.score([str(mean)] * len(dev.table.rows))
     return classify.majority_baseline(prepared.train_labels, dev.gold())
+
+
+def text_pairs(texts) -> list[tuple[str, str | None]]:
+  """Inputs given in memory, each a text or a (text_a, text_b) pair, as (text_a, text_b or
+  None) rows; anything else is a one-line error naming the input."""
+  rows = []
+  for i, text in enumerate(texts):
+    if isinstance(text, str):
+      rows.append((text, None))
+    elif isinstance(text, (tuple, list)) and len(text) == 2 and all(
+        isinstance(t, str) for t in text):
+      rows.append(tuple(text))
+    else:
+      raise FlaxbertError(f"input {i}: expected a text or a (text_a, text_b) pair of texts, "
+                          f"got {type(text).__name__}")
+  return rows
 
 
 def _is_number(text: str) -> bool:

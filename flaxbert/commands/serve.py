@@ -1,0 +1,47 @@
+"""`flaxbert serve DIR`: a serving export or a bundle behind HTTP (flaxbert/serve/)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run_serve(args) -> None:
+  from flaxbert.serve.server import serve
+  serve(args.model, args.host, args.port, int8=args.int8, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
+        max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
+        max_length=args.max_length, reject_long=args.reject_long, top_k=args.top_k)
+
+
+def register(sub) -> None:
+  p = sub.add_parser("serve", help="serve a model over HTTP (POST /invocations, GET /ping, "
+                     "GET /metrics) with dynamic batching",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("model", metavar="DIR", help="a serving export (flaxbert export --serving) "
+                 "or a bundle (served through its export)")
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8080, help="0: a free port (the log says which)")
+  p.add_argument("--int8", action="store_true", help="a bundle: serve its int8 export")
+  batching = p.add_argument_group("batching")
+  batching.add_argument("--max-batch-size", type=int, default=32,
+                        help="rows per model call (compiled for powers of two up to it); "
+                        "1: no dynamic batching")
+  batching.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long an input waits for others to fill its batch")
+  batching.add_argument("--max-length", type=int, default=None,
+                        help="input tokens, bounding the compiled lengths (default: the "
+                        "fine-tune's max_seq_length, a sentence-transformers checkpoint's, "
+                        "else 128; at most the model's positions)")
+  limits = p.add_argument_group("limits")
+  limits.add_argument("--max-queue", type=int, default=1024,
+                      help="model rows waiting; past it requests get 503 + Retry-After")
+  limits.add_argument("--max-inputs", type=int, default=256, help="inputs per request (413)")
+  limits.add_argument("--max-chars", type=int, default=20000,
+                      help="characters per text (413)")
+  limits.add_argument("--max-body-bytes", type=int, default=4 << 20,
+                      help="request body size (413)")
+  limits.add_argument("--reject-long", action="store_true",
+                      help="answer 400 for a text longer than --max-length tokens instead "
+                      "of cutting it")
+  p.add_argument("--top-k", type=int, default=5, help="fill-mask: candidates per [MASK]")
+  p.set_defaults(func=run_serve)
