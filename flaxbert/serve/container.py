@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 
 from flaxbert import cli
 from flaxbert.errors import FlaxbertError
@@ -42,6 +43,7 @@ ENV_OPTIONS = {
     "FLAXBERT_MAX_CHARS": ("--max-chars", int),
     "FLAXBERT_MAX_BODY_BYTES": ("--max-body-bytes", int),
     "FLAXBERT_MAX_LENGTH": ("--max-length", int),
+    "FLAXBERT_TOP_K": ("--top-k", int),
 }
 # Environment variable -> `flaxbert serve` switch, on for 1/true/yes, off for 0/false/no/empty.
 ENV_SWITCHES = {
@@ -56,8 +58,8 @@ Serves MODEL_DIR (a bundle, HF BERT checkpoint or `flaxbert export --serving` di
 `flaxbert serve` on 0.0.0.0:8080, as SageMaker runs a container: `docker run IMAGE serve`.
 MODEL_DIR: argument, else $FLAXBERT_MODEL_DIR, else $SM_MODEL_DIR, else /opt/ml/model.
 Port: $SAGEMAKER_BIND_TO_PORT, else $FLAXBERT_PORT, else 8080. Host: $FLAXBERT_HOST.
-Settings: {settings}.
-`flaxbert serve --help` lists the options."""
+Settings (each the `flaxbert serve` option of the same name; `flaxbert serve --help`):
+{settings}"""
 
 
 def model_dir(argument: str | None, environ) -> str:
@@ -127,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
   """The console script: runs `flaxbert serve` as SageMaker's contract says; ends the process."""
   argv = sys.argv[1:] if argv is None else list(argv)
   if any(arg in ("-h", "--help") for arg in argv):
-    print(USAGE.format(settings=", ".join([*ENV_OPTIONS, *ENV_SWITCHES])))
+    settings = textwrap.fill(", ".join([*ENV_OPTIONS, *ENV_SWITCHES]), 92, initial_indent="  ",
+                             subsequent_indent="  ")
+    print(USAGE.format(settings=settings))
     sys.exit(0)
   try:
     command = serve_argv(argv, os.environ)
