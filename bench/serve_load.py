@@ -13,8 +13,9 @@ callers. --classify BUNDLE adds the same pair of servers over a classify bundle.
 
 Prints one JSON object, then a markdown table: requests/s, p50 and p99 latency (ms, client
 side), errors (non-200 answers and failed connections), the batch sizes the server ran (from
-its /metrics histogram, counted over that level alone), and the load average before and after
-each level. Throughput ratio batched/unbatched > 1: dynamic batching pays.
+its /metrics histogram, counted over that level alone), the load average before and after
+each level, and the CPU the client itself used (cores busy: it shares the machine with the
+servers). Throughput ratio batched/unbatched > 1: dynamic batching pays.
 """
 
 from __future__ import annotations
@@ -163,9 +164,11 @@ def measure(servers: dict, texts: list[str], requests: int, levels: list[int]) -
     for mode, server in servers.items():
       asyncio.run(drive(server.url, texts, min(requests, 2 * concurrency), concurrency))  # warm
       before = server.batch_sizes()
-      load_before = os.getloadavg()[0]
+      load_before, client_cpu = os.getloadavg()[0], time.process_time()
       result = asyncio.run(drive(server.url, texts, requests, concurrency))
+      client_cpu = time.process_time() - client_cpu
       rows.append({"mode": mode, "concurrency": concurrency, **result,
+                   "client_cpu_share": round(client_cpu / result["wall_s"], 2),
                    "batch_sizes": histogram_difference(before, server.batch_sizes()),
                    "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
       print(f"  {mode:9s} concurrency {concurrency:3d}: {result['requests_per_s']} req/s, "
@@ -199,13 +202,14 @@ def markdown(results: dict) -> str:
   for name, result in results.items():
     lines += [f"\n{name} ({result['model']})\n",
               "| mode | concurrency | req/s | p50 ms | p99 ms | errors | batch sizes run | "
-              "load avg before/after |",
-              "|---|---|---|---|---|---|---|---|"]
+              "load avg before/after | client cores |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
       sizes = ", ".join(f"{k}: {v}" for k, v in r["batch_sizes"].items()) or "-"
       lines.append(f"| {r['mode']} | {r['concurrency']} | {r['requests_per_s']} | "
                    f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {sizes} | "
-                   f"{r['load_average'][0]} / {r['load_average'][1]} |")
+                   f"{r['load_average'][0]} / {r['load_average'][1]} | "
+                   f"{r['client_cpu_share']} |")
     lines.append(f"\nthroughput batched / unbatched by concurrency: "
                  f"{result['throughput_batched_over_unbatched']}")
   return "\n".join(lines)
