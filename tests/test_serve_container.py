@@ -171,6 +171,8 @@ def test_sagemaker_run_serves_the_mounted_model_and_stops_on_sigterm(mounted_mod
         proc.wait()
     log.seek(0)
     output = log.read()
+  assert output.startswith(f"serve: flaxbert serve {path} --host 0.0.0.0 --port {port} "
+                           "--max-batch-size 2 --max-inputs 2 --max-length 16\n"), output
   assert f"on http://0.0.0.0:{port}" in output, output   # all interfaces: docker publishes it
   assert "Traceback" not in output, output
 

@@ -22,6 +22,7 @@ exit status 2, as any flaxbert command.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import textwrap
 
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
   except FlaxbertError as e:
     print(f"flaxbert: error: {e}", file=sys.stderr, flush=True)
     sys.exit(cli.EXIT_USER_ERROR)
+  # The settings as the server gets them, first in the container's log (CloudWatch's); on
+  # stdout, so that stderr holds the one line of a failure alone.
+  print(f"serve: flaxbert {shlex.join(command)}", flush=True)
   cli.entry(command)
 
 
