@@ -198,9 +198,10 @@ async def invocations(request: Request) -> Response:
   if not serving.batcher.ready.is_set():
     raise RequestError(503, "the model is still compiling", "not_ready",
                        headers={"Retry-After": RETRY_AFTER_SECONDS})
-  items = await serving.read_items(request)
-  request.state.inputs = len(items)
-  outputs = await serving.answer(items)
+  with serving.metrics.in_progress.track_inprogress():
+    items = await serving.read_items(request)
+    request.state.inputs = len(items)
+    outputs = await serving.answer(items)
   serving.metrics.inputs.inc(len(items))
   return JSONResponse({"outputs": outputs})
 

@@ -30,6 +30,8 @@ class ServeMetrics:
     self.batch_size = Histogram("flaxbert_batch_rows", "rows per model call (before padding "
                                 "to a compiled batch size)", buckets=tuple(batch_sizes),
                                 registry=self.registry)
+    self.in_progress = Gauge("flaxbert_requests_in_progress", "POST /invocations requests "
+                             "received and not yet answered", registry=self.registry)
     self.queue_depth = Gauge("flaxbert_queue_rows", "model rows waiting for a batch",
                              registry=self.registry)
 

@@ -1,0 +1,375 @@
+"""`flaxbert serve`: real servers (`python -m flaxbert serve` processes) answered by a real HTTP
+client. Concurrent requests are batched and every answer equals offline `flaxbert predict`'s;
+an overload gets 503 + Retry-After and the server keeps serving; bad requests get their
+status and a JSON error; /metrics parses; SIGTERM with requests in flight completes them and
+exits 0. Embeddings and fill-mask answers (in-process app) equal `embed` / `fill-mask`'s.
+
+Two server processes, started together once: one over a classify bundle (exported on the
+fly; dynamic batching up to 8 rows), one over that bundle's serving export with
+--max-batch-size 1 (no dynamic batching), which the SIGTERM test ends.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import jax
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO, SHARED_DATA, call_cli
+from flaxbert import bundle as bundle_lib
+from flaxbert.inference import embed, fill_mask
+from flaxbert.inference.serving import export_serving
+from flaxbert.models.factory import build_model, init_params
+from flaxbert.serve.app import build_app
+from flaxbert.tasks import classify
+
+LABELS = ["negative", "neutral", "positive"]
+MAX_LENGTH = 32
+
+
+def _rows(name, n):
+  table = classify.read_table(os.path.join(SHARED_DATA, name), need_label=True)
+  a, b = table.texts
+  return list(zip(a[:n], b[:n] if b is not None else [None] * n))
+
+
+@pytest.fixture(scope="module")
+def classify_bundle(tiny_hf, tmp_path_factory):
+  """A classify bundle of tiny_hf with a fresh head (initialised under jit: fast), its
+  weights scaled so that probabilities differ from text to text, and a finetune.json."""
+  base = bundle_lib.load(tiny_hf)
+  model = build_model(base.config, "classification", len(LABELS))
+  params = dict(jax.jit(lambda: init_params(model, jax.random.key(1)))())
+  params["bert"] = base.params["bert"]
+  params["classifier"]["dense"]["kernel"] = params["classifier"]["dense"]["kernel"] * 20
+  bundle = bundle_lib.Bundle(model, params, base.tokenizer, base.config, "classification",
+                             LABELS)
+  path = str(tmp_path_factory.mktemp("serve") / "classify")
+  bundle_lib.replace(path, bundle, files={"finetune.json": {
+      "task": "classify", "max_seq_length": MAX_LENGTH}})
+  return path
+
+
+class Server:
+  """`python -m flaxbert serve PATH --port 0 ...` in a subprocess."""
+
+  def __init__(self, path, *flags):
+    self.log = open(os.path.join(os.path.dirname(path), f"serve-{os.getpid()}-{id(self)}.log"),
+                    "w+")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+    self.proc = subprocess.Popen([sys.executable, "-m", "flaxbert", "serve", path, "--port",
+                                  "0", *flags], stdout=self.log, stderr=subprocess.STDOUT,
+                                 env=env, cwd=REPO)
+    self.url = None
+
+  def output(self):
+    self.log.seek(0)
+    return self.log.read()
+
+  def wait_ready(self, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      assert self.proc.poll() is None, self.output()
+      if self.url is None and "on http://" in self.output():
+        self.url = "http://" + self.output().split("on http://")[1].split()[0]
+      if self.url is not None:
+        try:
+          if httpx.get(self.url + "/ping", timeout=5).status_code == 200:
+            return self
+        except httpx.TransportError:
+          pass
+      time.sleep(0.2)
+    raise AssertionError(f"server not ready in {timeout} s:\n{self.output()}")
+
+  def stop(self):
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    self.log.close()
+
+
+@pytest.fixture(scope="module")
+def export(classify_bundle):
+  """The classify bundle's serving export."""
+  path = os.path.join(os.path.dirname(classify_bundle), "export")
+  rc, _, err = call_cli("export", classify_bundle, "--serving", "--out", path)
+  assert rc == 0, err
+  return path
+
+
+@pytest.fixture(scope="module")
+def servers(classify_bundle, export):
+  """(batching server over the bundle, --max-batch-size 1 server over its export)."""
+  batching = Server(classify_bundle, "--max-batch-size", "8", "--max-queue", "64")
+  single = Server(export, "--max-batch-size", "1")
+  try:
+    yield batching.wait_ready(), single.wait_ready()
+  finally:
+    batching.stop()
+    single.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(classify_bundle, tmp_path_factory):
+  """{input (a text or a (text_a, text_b) pair): (label, {label: probability})} as
+  `flaxbert predict` writes them, for 40 sentences and 20 sentence pairs."""
+  root = tmp_path_factory.mktemp("offline")
+  answers = {}
+  for name, n in (("sentiment/dev.tsv", 40), ("wsd_pairs/dev.tsv", 20)):
+    rows = _rows(name, n)
+    source, output = root / f"{n}.tsv", root / f"{n}.pred.tsv"
+    source.write_text("".join("\t".join(t for t in row if t is not None) + "\tx\n"
+                              for row in rows), encoding="utf-8")
+    rc, _, err = call_cli("predict", classify_bundle, "--task", "classify", "--input", source,
+                          "--output", output, "--quiet")
+    assert rc == 0, err
+    table = classify.read_table(str(output), need_label=True)
+    for i, row in enumerate(rows):
+      key = row[0] if row[1] is None else tuple(row)
+      answers[key] = (table.column("prediction")[i],
+                      {label: float(table.column(f"prob_{label}")[i]) for label in LABELS})
+  return answers
+
+
+async def _post(client, url, items, **kwargs):
+  return await client.post(url + "/invocations", json={"inputs": items}, **kwargs)
+
+
+def _check_answers(items, outputs, offline):
+  assert len(outputs) == len(items)
+  for item, got in zip(items, outputs):
+    label, probabilities = offline[item if isinstance(item, str) else tuple(item)]
+    assert got["label"] == label and got["score"] == got["scores"][label]
+    np.testing.assert_allclose([got["scores"][k] for k in LABELS],
+                               [probabilities[k] for k in LABELS], rtol=2e-5, atol=1e-7)
+
+
+def _requests(offline, count, seed):
+  """`count` requests of 1 to 3 inputs drawn from the offline texts and pairs."""
+  keys = list(offline)
+  rng = np.random.default_rng(seed)
+  return [[keys[i] if isinstance(keys[i], str) else list(keys[i])
+           for i in rng.choice(len(keys), rng.integers(1, 4))] for _ in range(count)]
+
+
+def test_concurrent_requests_equal_offline_predict(servers, offline):
+  batching, _ = servers
+  requests = _requests(offline, 240, seed=0)
+
+  async def run():
+    limit = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(timeout=60) as client:
+      async def one(items):
+        async with limit:
+          return await _post(client, batching.url, items)
+      return await asyncio.gather(*(one(items) for items in requests))
+
+  responses = asyncio.run(run())
+  assert [r.status_code for r in responses] == [200] * len(requests)
+  for items, response in zip(requests, responses):
+    _check_answers(items, response.json()["outputs"], offline)
+  probabilities = {tuple(v[1].values()) for v in offline.values()}
+  assert len(probabilities) > 50, "a weak test: the texts get the same probabilities"
+  metrics = _metrics(batching.url)
+  # Had no two requests shared a model call, there would be a call per request at least.
+  assert metrics["flaxbert_batch_rows"]["count"] < len(requests)
+  assert "POST /invocations 200" in batching.output()   # the access log
+  # {"instances": [...]} is {"inputs": [...]}'s other name
+  items = requests[0]
+  response = httpx.post(batching.url + "/invocations", json={"instances": items})
+  _check_answers(items, response.json()["outputs"], offline)
+
+
+def _metrics(url):
+  text = httpx.get(url + "/metrics").text
+  out = {}
+  for family in text_string_to_metric_families(text):
+    for sample in family.samples:
+      if sample.name.endswith("_count"):
+        out.setdefault(family.name, {})["count"] = sample.value
+      elif not sample.labels:
+        out.setdefault(family.name, {})["value"] = sample.value
+      out.setdefault(family.name, {}).setdefault("samples", []).append(sample)
+  return out
+
+
+def test_overload_gets_503_with_retry_after_and_the_server_stays_up(servers, offline):
+  batching, _ = servers
+  texts = [k for k in offline if isinstance(k, str)]
+  big = (texts * 6)[:200]   # 200 rows: admitted only into an empty queue (--max-queue 64)
+
+  async def run():
+    async with httpx.AsyncClient(timeout=60) as client:
+      return await asyncio.gather(*(_post(client, batching.url, big) for _ in range(24)))
+
+  responses = asyncio.run(run())
+  refused = [r for r in responses if r.status_code == 503]
+  assert refused and len(refused) < len(responses), [r.status_code for r in responses]
+  for r in refused:
+    assert r.headers["retry-after"] == "1"
+    assert "queue is full" in r.json()["error"] and r.json()["limit"] == "max_queue"
+  for r in responses:
+    if r.status_code == 200:
+      _check_answers(big, r.json()["outputs"], offline)
+  assert httpx.get(batching.url + "/ping").status_code == 200
+  response = httpx.post(batching.url + "/invocations", json={"inputs": texts[:3]})
+  _check_answers(texts[:3], response.json()["outputs"], offline)
+  errors = {s.labels["reason"]: s.value
+            for s in _metrics(batching.url)["flaxbert_request_errors"]["samples"]
+            if s.name.endswith("_total")}
+  assert errors["queue_full"] == len(refused)
+
+
+BAD_REQUESTS = [
+    # (what, method, path, body, headers, status, words of the error)
+    ("malformed JSON", "POST", "/invocations", b'{"inputs": [', None, 400, "malformed JSON"),
+    ("not UTF-8", "POST", "/invocations", b'{"inputs": ["\xff"]}', None, 400, "malformed"),
+    ("no inputs field", "POST", "/invocations", b'{"texts": ["a"]}', None, 400, "inputs"),
+    ("an extra field", "POST", "/invocations", b'{"inputs": ["a"], "x": 1}', None, 400,
+     "unknown field 'x'"),
+    ("inputs not a list", "POST", "/invocations", b'{"inputs": "a"}', None, 400, "list"),
+    ("empty inputs", "POST", "/invocations", b'{"inputs": []}', None, 400, "non-empty"),
+    ("a number as input", "POST", "/invocations", b'{"inputs": ["a", 3]}', None, 400,
+     "input 1: expected a text"),
+    ("a triple as input", "POST", "/invocations", b'{"inputs": [["a", "b", "c"]]}', None, 400,
+     "input 0"),
+    ("too many inputs", "POST", "/invocations", b'{"inputs": [' + b'"a",' * 256 + b'"a"]}',
+     None, 413, "max_inputs 256"),
+    ("too long a text", "POST", "/invocations", b'{"inputs": ["' + b"a" * 20001 + b'"]}',
+     None, 413, "max_chars 20000"),
+    ("too large a body", "POST", "/invocations", b'{"inputs": ["' + b" " * (4 << 20) + b'"]}',
+     None, 413, "max_body_bytes"),
+    ("form content type", "POST", "/invocations", b'{"inputs": ["a"]}',
+     {"content-type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+    ("no content type", "POST", "/invocations", b'{"inputs": ["a"]}', {"content-type": ""},
+     415, "application/json"),
+    ("unknown path", "GET", "/predict", None, None, 404, "Not Found"),
+    ("GET /invocations", "GET", "/invocations", None, None, 405, "Method Not Allowed"),
+    ("POST /ping", "POST", "/ping", b"{}", None, 405, "Method Not Allowed"),
+]
+
+
+def test_bad_requests_get_their_status_and_a_json_error(servers):
+  batching, _ = servers
+  with httpx.Client(base_url=batching.url, timeout=30) as client:
+    for what, method, path, body, headers, status, words in BAD_REQUESTS:
+      headers = {"content-type": "application/json", **(headers or {})}
+      response = client.request(method, path, content=body, headers=headers)
+      assert response.status_code == status, (what, response.text[:200])
+      assert words in response.json()["error"], (what, response.json())
+    assert client.get("/ping").status_code == 200
+
+
+def test_long_texts_are_cut_or_rejected(export, offline):
+  """Past --max-length tokens a text is cut (as predict cuts it), or with --reject-long
+  refused with 400 naming the limit; in-process, through the same application."""
+  long_text = " ".join(k for k in offline if isinstance(k, str))
+  cut = _in_process(build_app(export, max_batch_size=1),
+                    [[long_text], [long_text[:40]]])
+  assert [r.status_code for r in cut] == [200, 200]
+  rejecting = build_app(export, max_batch_size=1, reject_long=True)
+  short, long = _in_process(rejecting, [[long_text[:40]], ["a", long_text]])
+  assert short.status_code == 200
+  assert long.status_code == 400 and long.json()["limit"] == "max_length"
+  assert long.json()["error"].startswith("input 1: ") and f"the {MAX_LENGTH} the model" in \
+      long.json()["error"]
+
+
+def _in_process(app, requests):
+  """Answers of an application run in this process (its batcher started and compiled)."""
+  serving = app.state.serving
+  serving.batcher.start()
+  assert serving.batcher.ready.wait(120), serving.batcher.failure
+
+  async def run():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+      return await asyncio.gather(*(_post(client, "", items) for items in requests))
+
+  try:
+    return asyncio.run(run())
+  finally:
+    serving.batcher.close()
+
+
+def test_embeddings_and_fill_mask_equal_offline(tiny_hf, tmp_path):
+  base = bundle_lib.load(tiny_hf)   # a pretraining (MLM) head
+  encoder = bundle_lib.Bundle(build_model(base.config, "encoder"), {"bert": base.params["bert"]},
+                              base.tokenizer, base.config, "encoder",
+                              sentence_embedding={"pooling": "cls", "normalize": True})
+  texts = ["ab cd ef", ["gh ij", "kl mn op"], "qr st uv wx yz " * 3]
+  export_serving(encoder, str(tmp_path / "encoder"))
+  # max length 16: one bucket, so two compiled shapes (batch 1 and 2)
+  (response,) = _in_process(build_app(str(tmp_path / "encoder"), max_batch_size=2,
+                                      max_length=16), [texts])
+  want = embed.sentence_embeddings(encoder, [t if isinstance(t, str) else tuple(t)
+                                             for t in texts], max_length=16)
+  np.testing.assert_allclose(response.json()["outputs"], want, atol=2e-6)
+  np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, rtol=1e-5)   # cls, normalized
+
+  masked = ["ab [MASK] cd", "[MASK] ef gh [MASK] .", "ij kl"]
+  export_serving(base, str(tmp_path / "mlm"))
+  good, bad = _in_process(build_app(str(tmp_path / "mlm"), max_batch_size=2, top_k=3,
+                                    max_length=16), [masked[:2], masked])
+  want = fill_mask.fill_mask(base, masked[:2], top_k=3, max_length=16)
+  got = good.json()["outputs"]
+  assert [[[c["token"] for c in m] for m in text] for text in got] == \
+      [[[c["token"] for c in m] for m in text] for text in want]
+  assert [[[c["sequence"] for c in m] for m in text] for text in got] == \
+      [[[c["sequence"] for c in m] for m in text] for text in want]
+  np.testing.assert_allclose([c["score"] for text in got for m in text for c in m],
+                             [c["score"] for text in want for m in text for c in m], atol=1e-6)
+  assert bad.status_code == 400 and "has no [MASK]" in bad.json()["error"]
+
+
+def test_sigterm_completes_requests_in_flight_and_exits_0(servers, offline):
+  """The --max-batch-size 1 server (one input per model call: slow enough to catch requests
+  in flight) over the export: answers equal predict's, and SIGTERM drains."""
+  _, single = servers
+  texts = [k for k in offline if isinstance(k, str)]
+  requests = [(texts * 6)[i:i + 60] for i in range(0, 240, 60)]
+
+  async def run():
+    async with httpx.AsyncClient(timeout=60) as client:
+      tasks = [asyncio.ensure_future(_post(client, single.url, items)) for items in requests]
+      deadline, seen = time.monotonic() + 30, []
+      while time.monotonic() < deadline:   # until every request is in the server
+        metrics = await client.get(single.url + "/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+        seen.append(families["flaxbert_requests_in_progress"].samples[0].value)
+        if seen[-1] >= len(requests):
+          break
+        await asyncio.sleep(0.005)
+      assert seen[-1] >= len(requests), (seen, [t.done() for t in tasks])
+      single.proc.send_signal(signal.SIGTERM)
+      return await asyncio.gather(*tasks)
+
+  responses = asyncio.run(run())
+  assert [r.status_code for r in responses] == [200] * len(requests)
+  for items, response in zip(requests, responses):
+    _check_answers(items, response.json()["outputs"], offline)
+  assert single.proc.wait(timeout=60) == 0, single.output()
+  assert "flaxbert serve: stopped" in single.output()
+
+
+def test_bad_command_lines_are_one_line_errors(classify_bundle, tmp_path):
+  for args, words in ((["serve", str(tmp_path / "absent")], "no such serving export"),
+                      (["serve", str(tmp_path)], "neither a serving export"),
+                      (["serve", classify_bundle, "--max-batch-size", "0"],
+                       "--max-batch-size must be positive")):
+    rc, _, err = call_cli(*args, "--port", "0")
+    assert rc == 2 and words in err and "Traceback" not in err, err
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    rc, _, err = call_cli("serve", classify_bundle, "--port", str(taken.getsockname()[1]))
+  assert rc == 2 and "cannot listen on 127.0.0.1:" in err and "in use" in err, err
