@@ -85,6 +85,9 @@ def test_sagemaker_arguments_and_environment_make_the_serve_command(tmp_path):
   assert container.serve_argv(["serve", model, "--max-batch-size", "1"],
                               {"SM_MODEL_DIR": "/elsewhere"}) == [
       "serve", model, "--host", "0.0.0.0", "--port", "8080", "--max-batch-size", "1"]
+  assert container.unused_settings({"SAGEMAKER_MODEL_SERVER_WORKERS": "4"}) == [
+      "SAGEMAKER_MODEL_SERVER_WORKERS=4 is not used: one process serves, its one model thread "
+      "batching the requests of every connection"]
   for bad, words in (({"SM_MODEL_DIR": str(tmp_path / "absent")}, "SM_MODEL_DIR) does not"),
                      ({"FLAXBERT_MODEL_DIR": model, "FLAXBERT_MAX_QUEUE": "many"},
                       "FLAXBERT_MAX_QUEUE='many' is not a whole number"),

@@ -51,6 +51,13 @@ ENV_SWITCHES = {
     "FLAXBERT_REJECT_LONG": "--reject-long",
     "FLAXBERT_INT8": "--int8",
 }
+# SageMaker's model-server variables that this server has no use for, and why: said in the log
+# when set, so that a setting made for another server is not silently taken as applied.
+UNUSED_VARIABLES = {
+    "SAGEMAKER_MODEL_SERVER_WORKERS": "one process serves, its one model thread batching the "
+                                      "requests of every connection",
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT": "requests are not timed out by the server",
+}
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 USAGE = """usage: serve [serve] [MODEL_DIR] [flaxbert serve options...]
@@ -107,6 +114,12 @@ def env_options(environ) -> list[str]:
   return options
 
 
+def unused_settings(environ) -> list[str]:
+  """A note per SageMaker variable set that the server does not use."""
+  return [f"{name}={environ[name]} is not used: {why}"
+          for name, why in UNUSED_VARIABLES.items() if environ.get(name)]
+
+
 def _number(name: str, text: str, kind: type):
   try:
     return kind(text.strip())
@@ -142,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
   # The settings as the server gets them, first in the container's log (CloudWatch's); on
   # stdout, so that stderr holds the one line of a failure alone.
   print(f"serve: flaxbert {shlex.join(command)}", flush=True)
+  for note in unused_settings(os.environ):
+    print(f"serve: note: {note}", flush=True)
   cli.entry(command)
 
 
