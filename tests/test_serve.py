@@ -28,7 +28,6 @@ from flaxbert.inference import embed, fill_mask
 from flaxbert.inference.pipeline import pipeline
 from flaxbert.inference.serving import export_serving
 from flaxbert.models.factory import build_model
-from flaxbert.serve import server
 from flaxbert.serve.app import build_app
 from flaxbert.tasks import classify
 
@@ -355,7 +354,7 @@ def test_ner_and_qa_answers_equal_the_offline_pipeline(base, tmp_path):
   questions = [[texts[i], " ".join(texts[i + 1:i + 4])] for i in range(4)]
   got = {}
   for path, inputs, task in ((ner_path, texts, "ner"), (qa_path, questions, "qa")):
-    app = build_app(server.open_model(path), max_batch_size=1)
+    app = build_app(path, max_batch_size=1)   # a bundle: exported on the fly
     (response,) = _in_process(app, [inputs])
     want = pipeline(task, path)([tuple(q) for q in inputs] if task == "qa" else inputs)
     got[task] = response.json()["outputs"]
