@@ -295,6 +295,20 @@ def test_long_texts_are_cut_or_rejected(export, offline):
       long.json()["error"]
 
 
+def test_ping_and_invocations_answer_503_until_compiled(export):
+  app = build_app(export, max_batch_size=1)   # its batcher not started: nothing compiled
+
+  async def run():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+      return await client.get("/ping"), await _post(client, "", ["a"])
+
+  ping, invocation = asyncio.run(run())
+  assert ping.status_code == 503 and ping.json() == {"status": "compiling"}
+  assert invocation.status_code == 503 and "compiling" in invocation.json()["error"]
+  assert ping.headers["retry-after"] == invocation.headers["retry-after"] == "1"
+
+
 def _in_process(app, requests):
   """Answers of an application run in this process (its batcher started and compiled)."""
   serving = app.state.serving
@@ -404,11 +418,12 @@ def test_sigterm_completes_requests_in_flight_and_exits_0(servers, offline):
   assert "flaxbert serve: stopped" in single.output()
 
 
-def test_bad_command_lines_are_one_line_errors(classify_bundle, tmp_path):
+def test_bad_command_lines_are_one_line_errors(classify_bundle, export, tmp_path):
   for args, words in ((["serve", str(tmp_path / "absent")], "no such serving export"),
                       (["serve", str(tmp_path)], "neither a serving export"),
                       (["serve", classify_bundle, "--max-batch-size", "0"],
-                       "--max-batch-size must be positive")):
+                       "--max-batch-size must be positive"),
+                      (["serve", export, "--int8"], "--int8 applies to a bundle")):
     rc, _, err = call_cli(*args, "--port", "0")
     assert rc == 2 and words in err and "Traceback" not in err, err
   with socket.socket() as taken:
