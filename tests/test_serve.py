@@ -193,6 +193,8 @@ def test_concurrent_requests_equal_offline_predict(servers, offline):
   metrics = _metrics(batching.url)
   # Had no two requests shared a model call, there would be a call per request at least.
   assert metrics["flaxbert_batch_rows"]["count"] < len(requests)
+  # Batch sizes 1, 2, 4, 8 x buckets 16, 32, all compiled before /ping said ready: none since.
+  assert metrics["flaxbert_compiled_shapes"]["value"] == 8
   assert "POST /invocations 200" in batching.output()   # the access log
   # {"instances": [...]} is {"inputs": [...]}'s other name
   items = requests[0]
@@ -324,6 +326,7 @@ def _in_process(app, requests):
     return asyncio.run(run())
   finally:
     serving.batcher.close()
+    assert len(serving.compiled.shapes) == serving.batcher.shapes   # no compile after ready
 
 
 def test_embeddings_and_fill_mask_equal_offline(base, tmp_path):

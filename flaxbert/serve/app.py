@@ -98,7 +98,9 @@ class Serving:
 
     self.buckets = bucketing.default_buckets(self.max_length)
     self.metrics = ServeMetrics(batch_sizes(options.max_batch_size))
-    self.batcher = Batcher(bucketing.CompiledCache(run, model.params), buckets=self.buckets,
+    self.compiled = bucketing.CompiledCache(run, model.params)
+    self.metrics.compiled_shapes.set_function(lambda: len(self.compiled.shapes))
+    self.batcher = Batcher(self.compiled, buckets=self.buckets,
                            pad_id=model.tokenizer.pad_id, per_token=answers.per_token,
                            max_batch_size=options.max_batch_size,
                            max_wait_ms=options.max_wait_ms, max_queue=options.max_queue,
