@@ -18,7 +18,6 @@ import sys
 import time
 
 import httpx
-import jax
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,8 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import REPO, SHARED_DATA, call_cli
 from flaxbert import bundle as bundle_lib
 from flaxbert.inference import embed, fill_mask
+from flaxbert.inference.pipeline import pipeline
 from flaxbert.inference.serving import export_serving
-from flaxbert.models.factory import build_model, init_params
+from flaxbert.models.factory import build_model
 from flaxbert.serve.app import build_app
 from flaxbert.tasks import classify
 
@@ -41,21 +41,32 @@ def _rows(name, n):
   return list(zip(a[:n], b[:n] if b is not None else [None] * n))
 
 
+def _task_bundle(base, path, head, labels, settings, seed=0):
+  """`base` with a random head (large weights, so that answers vary from input to input;
+  drawn with numpy: initialising the model, even under jit, takes seconds) and a
+  finetune.json, as a bundle at `path`."""
+  outputs = len(labels) if labels else 2
+  rng = np.random.default_rng(seed)
+  hidden = base.config.hidden_size
+  dense = {"kernel": rng.normal(0, 0.5, (hidden, outputs)).astype(np.float32),
+           "bias": rng.normal(0, 0.1, outputs).astype(np.float32)}
+  params = {"bert": base.params["bert"],
+            "qa_outputs" if head == "span_qa" else "classifier": {"dense": dense}}
+  bundle = bundle_lib.Bundle(build_model(base.config, head, len(labels) if labels else None),
+                             params, base.tokenizer, base.config, head, labels)
+  bundle_lib.replace(str(path), bundle, files={"finetune.json": settings})
+  return str(path)
+
+
 @pytest.fixture(scope="module")
-def classify_bundle(tiny_hf, tmp_path_factory):
-  """A classify bundle of tiny_hf with a fresh head (initialised under jit: fast), its
-  weights scaled so that probabilities differ from text to text, and a finetune.json."""
-  base = bundle_lib.load(tiny_hf)
-  model = build_model(base.config, "classification", len(LABELS))
-  params = dict(jax.jit(lambda: init_params(model, jax.random.key(1)))())
-  params["bert"] = base.params["bert"]
-  params["classifier"]["dense"]["kernel"] = params["classifier"]["dense"]["kernel"] * 20
-  bundle = bundle_lib.Bundle(model, params, base.tokenizer, base.config, "classification",
-                             LABELS)
-  path = str(tmp_path_factory.mktemp("serve") / "classify")
-  bundle_lib.replace(path, bundle, files={"finetune.json": {
-      "task": "classify", "max_seq_length": MAX_LENGTH}})
-  return path
+def base(tiny_hf):
+  return bundle_lib.load(tiny_hf)   # a pretraining (MLM) head
+
+
+@pytest.fixture(scope="module")
+def classify_bundle(base, tmp_path_factory):
+  return _task_bundle(base, tmp_path_factory.mktemp("serve") / "classify", "classification",
+                      LABELS, {"task": "classify", "max_seq_length": MAX_LENGTH})
 
 
 class Server:
@@ -182,6 +193,8 @@ def test_concurrent_requests_equal_offline_predict(servers, offline):
   metrics = _metrics(batching.url)
   # Had no two requests shared a model call, there would be a call per request at least.
   assert metrics["flaxbert_batch_rows"]["count"] < len(requests)
+  # Batch sizes 1, 2, 4, 8 x buckets 16, 32, all compiled before /ping said ready: none since.
+  assert metrics["flaxbert_compiled_shapes"]["value"] == 8
   assert "POST /invocations 200" in batching.output()   # the access log
   # {"instances": [...]} is {"inputs": [...]}'s other name
   items = requests[0]
@@ -284,6 +297,20 @@ def test_long_texts_are_cut_or_rejected(export, offline):
       long.json()["error"]
 
 
+def test_ping_and_invocations_answer_503_until_compiled(export):
+  app = build_app(export, max_batch_size=1)   # its batcher not started: nothing compiled
+
+  async def run():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+      return await client.get("/ping"), await _post(client, "", ["a"])
+
+  ping, invocation = asyncio.run(run())
+  assert ping.status_code == 503 and ping.json() == {"status": "compiling"}
+  assert invocation.status_code == 503 and "compiling" in invocation.json()["error"]
+  assert ping.headers["retry-after"] == invocation.headers["retry-after"] == "1"
+
+
 def _in_process(app, requests):
   """Answers of an application run in this process (its batcher started and compiled)."""
   serving = app.state.serving
@@ -299,10 +326,10 @@ def _in_process(app, requests):
     return asyncio.run(run())
   finally:
     serving.batcher.close()
+    assert len(serving.compiled.shapes) == serving.batcher.shapes   # no compile after ready
 
 
-def test_embeddings_and_fill_mask_equal_offline(tiny_hf, tmp_path):
-  base = bundle_lib.load(tiny_hf)   # a pretraining (MLM) head
+def test_embeddings_and_fill_mask_equal_offline(base, tmp_path):
   encoder = bundle_lib.Bundle(build_model(base.config, "encoder"), {"bert": base.params["bert"]},
                               base.tokenizer, base.config, "encoder",
                               sentence_embedding={"pooling": "cls", "normalize": True})
@@ -329,6 +356,39 @@ def test_embeddings_and_fill_mask_equal_offline(tiny_hf, tmp_path):
   np.testing.assert_allclose([c["score"] for text in got for m in text for c in m],
                              [c["score"] for text in want for m in text for c in m], atol=1e-6)
   assert bad.status_code == 400 and "has no [MASK]" in bad.json()["error"]
+
+
+def test_ner_and_qa_answers_equal_the_offline_pipeline(base, tmp_path):
+  """Served from bundles (exported on the fly with their finetune.json): entity spans, and qa
+  answers over contexts long enough for several windows each (rows of one request that come
+  back from different batches), equal flaxbert.pipeline's (which equal predict's)."""
+  ner_path = _task_bundle(base, tmp_path / "ner", "tagging", ["O", "B-x", "I-x", "B-y"],
+                          {"task": "ner", "max_seq_length": 32})
+  qa_path = _task_bundle(base, tmp_path / "qa", "span_qa", None,
+                         {"task": "qa", "max_seq_length": 32, "doc_stride": 8,
+                          "max_query_length": 6, "n_best": 5})
+  texts = [" ".join(t.split()[:12]) for t, _ in _rows("sentiment/dev.tsv", 8)]
+  questions = [[texts[i], " ".join(texts[i + 1:i + 4])] for i in range(4)]
+  got = {}
+  for path, inputs, task in ((ner_path, texts, "ner"), (qa_path, questions, "qa")):
+    app = build_app(path, max_batch_size=1)   # a bundle: exported on the fly
+    (response,) = _in_process(app, [inputs])
+    want = pipeline(task, path)([tuple(q) for q in inputs] if task == "qa" else inputs)
+    got[task] = response.json()["outputs"]
+    assert _rounded(got[task]) == _rounded(want), task
+  assert sum(map(len, got["ner"])) > 3, "a weak test: hardly any entities"
+  assert sum(bool(answer["answer"]) for answer in got["qa"]) > 1
+
+
+def _rounded(value):
+  """Floats to 5 significant digits, in any nesting of lists and dicts."""
+  if isinstance(value, float):
+    return float(f"{value:.5g}")
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_rounded(v) for v in value]
+  return value
 
 
 def test_sigterm_completes_requests_in_flight_and_exits_0(servers, offline):
@@ -361,11 +421,12 @@ def test_sigterm_completes_requests_in_flight_and_exits_0(servers, offline):
   assert "flaxbert serve: stopped" in single.output()
 
 
-def test_bad_command_lines_are_one_line_errors(classify_bundle, tmp_path):
+def test_bad_command_lines_are_one_line_errors(classify_bundle, export, tmp_path):
   for args, words in ((["serve", str(tmp_path / "absent")], "no such serving export"),
                       (["serve", str(tmp_path)], "neither a serving export"),
                       (["serve", classify_bundle, "--max-batch-size", "0"],
-                       "--max-batch-size must be positive")):
+                       "--max-batch-size must be positive"),
+                      (["serve", export, "--int8"], "--int8 applies to a bundle")):
     rc, _, err = call_cli(*args, "--port", "0")
     assert rc == 2 and words in err and "Traceback" not in err, err
   with socket.socket() as taken:

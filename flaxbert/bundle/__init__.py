@@ -54,7 +54,8 @@ def load(path: str, *, head: str | None = None, num_labels: int | None = None,
   """Loads a bundle (BERT or encoder-decoder) or an HF BERT directory.
 
   A BERT model loaded with `head` different from the stored one keeps its encoder weights and
-  gets a fresh head (one log line names it)."""
+  gets a fresh head (one log line names it). A fine-tuned bundle loaded with its own head
+  brings its finetune.json as `task_settings`."""
   if not os.path.isdir(path):
     raise FlaxbertError(f"{path}: no such bundle or checkpoint directory")
   meta = read_json(os.path.join(path, "config.json"))
@@ -62,7 +63,7 @@ def load(path: str, *, head: str | None = None, num_labels: int | None = None,
     return load_encdec(path, meta)   # one head (seq2seq): nothing to re-head
   bundle = load_bert(path, meta, head=head, num_labels=num_labels, labels=labels, seed=seed)
   settings = os.path.join(path, SETTINGS_FILE)
-  if os.path.isfile(settings):
+  if bundle.head == meta.get("head") and os.path.isfile(settings):   # not re-headed
     bundle.task_settings = read_json(settings)
   return bundle
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def run_serve(args) -> None:
   from flaxbert.serve.server import serve
@@ -15,33 +13,38 @@ def run_serve(args) -> None:
 
 def register(sub) -> None:
   p = sub.add_parser("serve", help="serve a model over HTTP (POST /invocations, GET /ping, "
-                     "GET /metrics) with dynamic batching",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     "GET /metrics) with dynamic batching")
   p.add_argument("model", metavar="DIR", help="a serving export (flaxbert export --serving) "
                  "or a bundle (served through its export)")
-  p.add_argument("--host", default="127.0.0.1")
-  p.add_argument("--port", type=int, default=8080, help="0: a free port (the log says which)")
+  p.add_argument("--host", default="127.0.0.1",
+                 help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+  p.add_argument("--port", type=int, default=8080,
+                 help="default 8080; 0: a free one (the log line says which)")
   p.add_argument("--int8", action="store_true", help="a bundle: serve its int8 export")
   batching = p.add_argument_group("batching")
   batching.add_argument("--max-batch-size", type=int, default=32,
-                        help="rows per model call (compiled for powers of two up to it); "
-                        "1: no dynamic batching")
+                        help="rows per model call (default 32; compiled for powers of two "
+                        "up to it); 1: no dynamic batching")
   batching.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long an input waits for others to fill its batch")
+                        help="how long an input waits for others to fill its batch "
+                        "(default 5)")
   batching.add_argument("--max-length", type=int, default=None,
                         help="input tokens, bounding the compiled lengths (default: the "
                         "fine-tune's max_seq_length, a sentence-transformers checkpoint's, "
                         "else 128; at most the model's positions)")
   limits = p.add_argument_group("limits")
   limits.add_argument("--max-queue", type=int, default=1024,
-                      help="model rows waiting; past it requests get 503 + Retry-After")
-  limits.add_argument("--max-inputs", type=int, default=256, help="inputs per request (413)")
+                      help="model rows waiting (default 1024); past it requests get 503 "
+                      "with Retry-After")
+  limits.add_argument("--max-inputs", type=int, default=256,
+                      help="inputs per request (default 256; past it 413)")
   limits.add_argument("--max-chars", type=int, default=20000,
-                      help="characters per text (413)")
+                      help="characters per text (default 20000; past it 413)")
   limits.add_argument("--max-body-bytes", type=int, default=4 << 20,
-                      help="request body size (413)")
+                      help="request body bytes (default 4 MiB; past it 413)")
   limits.add_argument("--reject-long", action="store_true",
                       help="answer 400 for a text longer than --max-length tokens instead "
                       "of cutting it")
-  p.add_argument("--top-k", type=int, default=5, help="fill-mask: candidates per [MASK]")
+  p.add_argument("--top-k", type=int, default=5,
+                 help="fill-mask: candidates per [MASK] (default 5)")
   p.set_defaults(func=run_serve)

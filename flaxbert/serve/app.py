@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 
 from starlette.applications import Starlette
@@ -32,10 +33,11 @@ from starlette.routing import Route
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.inference import bucketing
-from flaxbert.inference.serving import ServingModel, load
+from flaxbert.inference.serving import ServingModel
 from flaxbert.serve.answers import answers_for, default_max_length
 from flaxbert.serve.batcher import Batcher, Closed, QueueFull, batch_sizes
 from flaxbert.serve.metrics import CONTENT_TYPE, ServeMetrics
+from flaxbert.serve.model_source import open_model
 
 access_log = logging.getLogger("flaxbert.access")
 RETRY_AFTER_SECONDS = "1"
@@ -96,7 +98,9 @@ class Serving:
 
     self.buckets = bucketing.default_buckets(self.max_length)
     self.metrics = ServeMetrics(batch_sizes(options.max_batch_size))
-    self.batcher = Batcher(bucketing.CompiledCache(run, model.params), buckets=self.buckets,
+    self.compiled = bucketing.CompiledCache(run, model.params)
+    self.metrics.compiled_shapes.set_function(lambda: len(self.compiled.shapes))
+    self.batcher = Batcher(self.compiled, buckets=self.buckets,
                            pad_id=model.tokenizer.pad_id, per_token=answers.per_token,
                            max_batch_size=options.max_batch_size,
                            max_wait_ms=options.max_wait_ms, max_queue=options.max_queue,
@@ -251,12 +255,13 @@ class AccessLog:
                       seconds * 1000, state.get("inputs", 0))
 
 
-def build_app(model: ServingModel | str, options: ServeOptions | None = None,
-              **settings) -> Starlette:
-  """The application over a serving export (a loaded ServingModel or its directory);
-  `settings`: ServeOptions fields. Its lifespan starts the batcher (which compiles every
-  shape, then /ping turns 200) and at shutdown drains it."""
-  model = load(model) if isinstance(model, str) else model
+def build_app(model: ServingModel | str, options: ServeOptions | None = None, *,
+              int8: bool = False, **settings) -> Starlette:
+  """The application over a loaded ServingModel, or a serving export's or a bundle's
+  directory (`int8`: a bundle's int8 export); `settings`: ServeOptions fields. Its lifespan
+  starts the batcher (which compiles every shape, then /ping turns 200) and at shutdown
+  drains it."""
+  model = open_model(model, int8=int8) if isinstance(model, (str, os.PathLike)) else model
   options = dataclasses.replace(options or ServeOptions(), **settings)
   serving = Serving(model, options)
 

@@ -149,7 +149,8 @@ class Batcher:
 
   def _work(self) -> None:
     try:
-      self._compile_all()
+      if not self._compile_all():
+        return   # closed while compiling
     except Exception as e:  # a bug or a broken export: say it and stop serving
       self.failure = f"compiling the model failed: {type(e).__name__}: {e}".splitlines()[0]
       self._fail_queued(e)
@@ -161,16 +162,18 @@ class Batcher:
     while (taken := self._take()) is not None:
       self._run_batch(taken)
 
-  def _compile_all(self) -> None:
+  def _compile_all(self) -> bool:
+    """Compiles (and runs once) every shape; False when closed before the end."""
     start = time.monotonic()
     for size in self.sizes:
       for bucket in self.buckets:
         with self._cond:
           if self._closing:
-            return
+            return False
         ids = np.zeros((size, bucket), np.int32)
         self._run({"input_ids": ids, "segment_ids": ids, "input_mask": np.ones_like(ids)})
     self.compile_seconds = time.monotonic() - start
+    return True
 
   def _take(self) -> list[_Row] | None:
     """The next batch: rows of one bucket, oldest first; None once closed and drained."""

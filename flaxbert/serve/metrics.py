@@ -32,6 +32,10 @@ class ServeMetrics:
                                 registry=self.registry)
     self.in_progress = Gauge("flaxbert_requests_in_progress", "POST /invocations requests "
                              "received and not yet answered", registry=self.registry)
+    # Equal to (batch sizes) x (length buckets) from /ping's 200 on: were it to grow, some
+    # request would have waited on a compile.
+    self.compiled_shapes = Gauge("flaxbert_compiled_shapes", "shapes the model function is "
+                                 "compiled for", registry=self.registry)
     self.queue_depth = Gauge("flaxbert_queue_rows", "model rows waiting for a batch",
                              registry=self.registry)
 

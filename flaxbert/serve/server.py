@@ -1,13 +1,9 @@
-"""Running the serve application: the model opened (a serving export as it is, a bundle
-exported first), the port bound, uvicorn serving until SIGTERM or SIGINT, then a drain.
+"""Running the serve application: the model opened (serve/model_source.py), the port bound,
+uvicorn serving until SIGTERM or SIGINT, then a drain.
 
 Bad input is one FlaxbertError line before anything listens: no such directory, neither an
 export nor a bundle, a port in use. The port is bound before the model is opened, so a port
 in use fails at once, and `--port 0` takes a free one (the log line says which).
-
-A bundle is served through its export (`export_serving` into a private temporary directory,
-removed as soon as the export is loaded: everything is in memory then), so a bundle and its
-export answer alike; `int8` applies to that export.
 
 On SIGTERM (or SIGINT) uvicorn stops accepting connections and waits for the requests in
 flight, the batcher then runs what is queued, and `serve` returns: the process exits 0.
@@ -19,48 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 
 import uvicorn
 
-from flaxbert import bundle as bundle_lib
 from flaxbert.errors import FlaxbertError
-from flaxbert.inference.serving import ServingModel, export_serving, load
-from flaxbert.inference.serving_manifest import MANIFEST_FILE
-from flaxbert.serve.answers import HEADS
 from flaxbert.serve.app import ServeOptions, build_app
+from flaxbert.serve.model_source import open_model
 
 log = logging.getLogger("flaxbert")
-
-
-def open_model(path: str, *, int8: bool = False) -> ServingModel:
-  """A serving export directory loaded, or a bundle (or HF BERT checkpoint) exported and
-  loaded."""
-  if not os.path.isdir(path):
-    raise FlaxbertError(f"{path}: no such serving export or bundle directory")
-  if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
-    if int8:
-      raise FlaxbertError(f"{path}: a serving export is served as exported; --int8 applies "
-                          "to a bundle (or export it with `flaxbert export --serving --int8`)")
-    return load(path)
-  if not os.path.isfile(os.path.join(path, "config.json")):
-    raise FlaxbertError(f"{path}: neither a serving export ({MANIFEST_FILE}) nor a bundle "
-                        "(config.json)")
-  bundle = bundle_lib.load(path)
-  if bundle.head not in HEADS:
-    raise FlaxbertError(f"{path}: cannot serve a {bundle.head!r} bundle (served heads: "
-                        f"{', '.join(HEADS)})")
-  scratch = tempfile.mkdtemp(prefix="flaxbert-serve-")
-  try:
-    export_serving(bundle, os.path.join(scratch, "export"), int8=int8)
-    return load(os.path.join(scratch, "export"))
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def bind(host: str, port: int) -> socket.socket:
