@@ -2,7 +2,9 @@
 client. Concurrent requests are batched and every answer equals offline `flaxbert predict`'s;
 an overload gets 503 + Retry-After and the server keeps serving; bad requests get their
 status and a JSON error; /metrics parses; SIGTERM with requests in flight completes them and
-exits 0. Embeddings and fill-mask answers (in-process app) equal `embed` / `fill-mask`'s.
+exits 0. In-process (the same application, no process): ner spans and qa answers equal
+flaxbert.pipeline's, embeddings and fill-mask candidates `embed`'s and `fill-mask`'s; long
+texts are cut or rejected; /ping is 503 until every shape is compiled.
 
 Two server processes, started together once: one over a classify bundle (exported on the
 fly; dynamic batching up to 8 rows), one over that bundle's serving export with
@@ -41,15 +43,21 @@ def _rows(name, n):
   return list(zip(a[:n], b[:n] if b is not None else [None] * n))
 
 
-def _task_bundle(base, path, head, labels, settings, seed=0):
+def _task_bundle(base, path, head, labels, settings, centre_on=None):
   """`base` with a random head (large weights, so that answers vary from input to input;
   drawn with numpy: initialising the model, even under jit, takes seconds) and a
-  finetune.json, as a bundle at `path`."""
+  finetune.json, as a bundle at `path`. A random model's pooled vectors differ little from
+  text to text: `centre_on` (rows) sets a classifier's bias to cancel their mean, so that
+  the labels differ too."""
   outputs = len(labels) if labels else 2
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(0)
   hidden = base.config.hidden_size
   dense = {"kernel": rng.normal(0, 0.5, (hidden, outputs)).astype(np.float32),
            "bias": rng.normal(0, 0.1, outputs).astype(np.float32)}
+  if centre_on:
+    rows = embed.encode_rows(base.tokenizer, centre_on, settings["max_seq_length"])
+    _, pooled = embed.embed_arrays(base, *rows, 64, show_progress=False)
+    dense["bias"] = -(pooled.mean(axis=0) @ dense["kernel"])
   params = {"bert": base.params["bert"],
             "qa_outputs" if head == "span_qa" else "classifier": {"dense": dense}}
   bundle = bundle_lib.Bundle(build_model(base.config, head, len(labels) if labels else None),
@@ -66,7 +74,8 @@ def base(tiny_hf):
 @pytest.fixture(scope="module")
 def classify_bundle(base, tmp_path_factory):
   return _task_bundle(base, tmp_path_factory.mktemp("serve") / "classify", "classification",
-                      LABELS, {"task": "classify", "max_seq_length": MAX_LENGTH})
+                      LABELS, {"task": "classify", "max_seq_length": MAX_LENGTH},
+                      centre_on=_rows("sentiment/dev.tsv", 40) + _rows("wsd_pairs/dev.tsv", 20))
 
 
 class Server:
@@ -189,7 +198,8 @@ def test_concurrent_requests_equal_offline_predict(servers, offline):
   for items, response in zip(requests, responses):
     _check_answers(items, response.json()["outputs"], offline)
   probabilities = {tuple(v[1].values()) for v in offline.values()}
-  assert len(probabilities) > 50, "a weak test: the texts get the same probabilities"
+  assert len(probabilities) > 50 and len({v[0] for v in offline.values()}) > 1, \
+      "a weak test: the texts get the same answers"
   metrics = _metrics(batching.url)
   # Had no two requests shared a model call, there would be a call per request at least.
   assert metrics["flaxbert_batch_rows"]["count"] < len(requests)

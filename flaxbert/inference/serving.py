@@ -6,9 +6,8 @@
     DIR/params.npz        the parameters, flat {"bert/embeddings/...": array}; with --int8 the
                           dense kernels are int8 plus ":scale" arrays (dequantized inside f)
     DIR/tokenizer/        the bundle's tokenizer
-    DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, the
-                          bundle's pooling default and fine-tune settings, and the size and
-                          sha256 of every file (flaxbert.inference.serving_manifest)
+    DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, and the
+                          size and sha256 of every file (flaxbert.inference.serving_manifest)
 
 Parameters are inputs of the exported function, stored next to it, not constants baked into
 the module: XLA would constant-fold the int8 dequantization back to float32 while compiling
