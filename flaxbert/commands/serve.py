@@ -25,9 +25,9 @@ def register(sub) -> None:
   batching.add_argument("--max-batch-size", type=int, default=32,
                         help="rows per model call (default 32; compiled for powers of two "
                         "up to it); 1: no dynamic batching")
-  batching.add_argument("--max-wait-ms", type=float, default=5.0,
+  batching.add_argument("--max-wait-ms", type=float, default=0.0,
                         help="how long an input waits for others to fill its batch "
-                        "(default 5)")
+                        "(default 0: a batch is whatever queued while the model was busy)")
   batching.add_argument("--max-length", type=int, default=None,
                         help="input tokens, bounding the compiled lengths (default: the "
                         "fine-tune's max_seq_length, a sentence-transformers checkpoint's, "

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 from flaxbert.inference import bucketing
@@ -80,7 +81,7 @@ class Batcher:
 
   def __init__(self, run: Callable[[dict], dict], *, buckets: Sequence[int], pad_id: int,
                per_token: Sequence[str] = (), max_batch_size: int = 32,
-               max_wait_ms: float = 5.0, max_queue: int = 1024,
+               max_wait_ms: float = 0.0, max_queue: int = 1024,
                observe_batch: Callable[[int], None] = lambda rows: None,
                observe_depth: Callable[[int], None] = lambda rows: None):
     self._run = run
@@ -171,7 +172,10 @@ class Batcher:
           if self._closing:
             return False
         ids = np.zeros((size, bucket), np.int32)
-        self._run({"input_ids": ids, "segment_ids": ids, "input_mask": np.ones_like(ids)})
+        # Waited for: the call returns before the run ends, and /ping must not say ready
+        # while warm-up runs are still queued ahead of the first request.
+        jax.block_until_ready(
+            self._run({"input_ids": ids, "segment_ids": ids, "input_mask": np.ones_like(ids)}))
     self.compile_seconds = time.monotonic() - start
     return True
 
