@@ -24,7 +24,8 @@ import numpy as np
 from flaxbert.errors import FlaxbertError
 
 FORMAT = "flaxbert-serving"
-FORMAT_VERSION = 2     # 2: files record {bytes, sha256}; the manifest carries its own digest
+FORMAT_VERSION = 3     # 2: files record {bytes, sha256}; the manifest carries its own digest
+# 3: parameters one entry per encoder layer; int8 embedding tables and int8 activations
 MODULE_FILE = "model.stablehlo"
 PARAMS_FILE = "params.npz"
 MANIFEST_FILE = "manifest.json"
