@@ -8,10 +8,15 @@ Needs the `bench` extra (onnx, onnxruntime) besides torch and transformers. Prin
 object. For all-MiniLM-L6-v2 (the real checkpoint) and optionally a random BERT-base, in one
 process, on the same random token ids:
   flaxbert       `flaxbert export --serving` (float32), run by flaxbert.serving.load
+  flaxbert_model the bundle's own Linen model (scanned layers) under jax.jit, float32, not
+                 exported: what the serving function's unrolled form gains or loses
   flaxbert_int8  `--serving --int8`: int8 weights, int8 x int8 -> int32 matmuls
   ort            transformers.BertModel -> torch.onnx.export -> onnxruntime (float32)
   ort_int8       that ONNX file through onnxruntime.quantization.quantize_dynamic (int8
                  weights, uint8 activations quantized per call)
+  flaxbert_onnx  flaxbert.inference.onnx_export: the bundle's graph built from its parameters
+                 (no torch), run by onnxruntime, float32; flaxbert_onnx_int8: that graph
+                 through quantize_dynamic (per-channel int8 weights, attention matmuls float)
   torch          transformers.BertModel, float32
   torch_int8     torch.ao.quantization.quantize_dynamic on its nn.Linear layers (qint8)
 latency_ms: batch 1 at each --seq-lengths and batch --batch-size at --throughput-seq, the
@@ -72,6 +77,7 @@ def file_bytes(*paths) -> int:
 
 
 def flaxbert_runners(hf_dir: str, work: str, name: str):
+  import jax
   import flaxbert.serving
   from flaxbert import bundle as bundle_lib
   from flaxbert.inference.serving import export_serving
@@ -83,6 +89,10 @@ def flaxbert_runners(hf_dir: str, work: str, name: str):
     sizes[kind] = sum(manifest["files"][f]["bytes"] for f in ("model.stablehlo", "params.npz"))
     served = flaxbert.serving.load(out)
     runners[kind] = lambda ids, m=served: m(ids, np.zeros_like(ids), np.ones_like(ids))["pooled"]
+  apply = jax.jit(bundle.model.apply)
+  variables = jax.device_put({"params": bundle.params})
+  runners["flaxbert_model"] = lambda ids: np.asarray(
+      apply(variables, ids, np.zeros_like(ids), np.ones_like(ids))["pooled"])
   return runners, sizes, bundle
 
 
@@ -107,8 +117,29 @@ def torch_runners(hf_dir: str, work: str, name: str):
   return {"torch": run(model), "torch_int8": run(int8)}, sizes
 
 
-def onnx_runners(hf_dir: str, work: str, name: str, threads: int):
+def ort_session(path: str, threads: int):
   import onnxruntime
+  options = onnxruntime.SessionOptions()
+  options.intra_op_num_threads = threads
+  options.inter_op_num_threads = 1
+  options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+  return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def flaxbert_onnx_runners(bundle, work: str, name: str, threads: int):
+  from flaxbert.inference.onnx_export import export_onnx
+  runners, sizes = {}, {}
+  for kind, int8 in (("flaxbert_onnx", False), ("flaxbert_onnx_int8", True)):
+    path = export_onnx(bundle, os.path.join(work, f"{name}-{kind}.onnx"), int8=int8)
+    sizes[kind] = file_bytes(path)
+    session = ort_session(path, threads)
+    runners[kind] = lambda ids, s=session: s.run(["pooled"], {
+        "input_ids": ids, "segment_ids": np.zeros_like(ids),
+        "input_mask": np.ones_like(ids)})[0]
+  return runners, sizes
+
+
+def onnx_runners(hf_dir: str, work: str, name: str, threads: int):
   import torch
   import transformers
   from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -136,13 +167,9 @@ def onnx_runners(hf_dir: str, work: str, name: str, threads: int):
                     dynamic_axes={"input_ids": axes, "attention_mask": axes,
                                   "token_type_ids": axes, "pooled": {0: "batch"}})
   quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-  options = onnxruntime.SessionOptions()
-  options.intra_op_num_threads = threads
-  options.inter_op_num_threads = 1
-  options.add_session_config_entry("session.intra_op.allow_spinning", "0")
   runners = {}
   for kind, path in (("ort", fp32), ("ort_int8", int8)):
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads)
     runners[kind] = lambda ids, s=session: s.run(None, {
         "input_ids": ids.astype(np.int64), "attention_mask": np.ones(ids.shape, np.int64),
         "token_type_ids": np.zeros(ids.shape, np.int64)})[0]
@@ -171,6 +198,9 @@ def ratios(ms: dict) -> dict:
 
 def bench_model(name: str, hf_dir: str, work: str, args) -> dict:
   runners, sizes, bundle = flaxbert_runners(hf_dir, work, name)
+  more, onnx_sizes = flaxbert_onnx_runners(bundle, work, name, args.threads)
+  runners.update(more)
+  sizes.update(onnx_sizes)
   more, torch_sizes = torch_runners(hf_dir, work, name)
   ort, ort_sizes = onnx_runners(hf_dir, work, name, args.threads)
   runners.update(ort)
