@@ -1,17 +1,21 @@
 """ONNX export: the graph built from a bundle's parameters computes what its Linen model does
 (float32, every supported head), and its dynamic int8 form stays close, with int8 matmuls."""
 
+import os
+
 import jax
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 
+import flaxbert.serving
 from flaxbert import bundle as bundle_lib
 from flaxbert.errors import FlaxbertError
+from flaxbert.inference import onnx_serving
 from flaxbert.inference.onnx_export import export_onnx
 from flaxbert.models.factory import build_model, init_params
-from conftest import random_batch
+from conftest import random_batch, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +66,37 @@ def test_onnx_refuses_pretraining_head(base, tmp_path):
   assert base.head == "pretraining"
   with pytest.raises(FlaxbertError, match="no 'pretraining' head"):
     export_onnx(base, str(tmp_path / "m.onnx"))
+
+
+def test_serving_export_with_onnx(tiny_hf, base, tmp_path):
+  """`export --serving --onnx --int8`: one directory, model.onnx recorded and checked like
+  every file; onnx_serving.load runs it, close to the StableHLO int8 export beside it."""
+  bundle_lib.save(str(tmp_path / "bundle"), bundle_lib.load(tiny_hf, head="encoder"))
+  rc, out, err = run_cli("export", tmp_path / "bundle", "--serving", "--onnx", "--int8",
+                         "--platforms", "cpu", "--out", tmp_path / "srv")
+  assert rc == 0, err
+  xla = flaxbert.serving.load(str(tmp_path / "srv"))
+  served = onnx_serving.load(str(tmp_path / "srv"))
+  assert "model.onnx" in served.manifest["files"]
+  texts = ["a b c", "hello world " * 5, "x"]
+  got = np.stack(served.run_texts(texts, max_length=32, batch_size=2)["pooled"])
+  want = np.stack(xla.run_texts(texts, max_length=32, batch_size=2)["pooled"])
+  assert got.shape == want.shape == (3, base.config.hidden_size)
+  np.testing.assert_allclose(got, want, atol=0.05)   # two int8 schemes of one model
+  # The ONNX route needs an export made with --onnx; a changed model.onnx is refused.
+  rc, _, err = run_cli("export", tmp_path / "bundle", "--serving", "--platforms", "cpu",
+                       "--out", tmp_path / "plain")
+  assert rc == 0, err
+  with pytest.raises(FlaxbertError, match="has no model.onnx"):
+    onnx_serving.load(str(tmp_path / "plain"))
+  with open(tmp_path / "srv" / "model.onnx", "r+b") as f:
+    f.seek(os.path.getsize(tmp_path / "srv" / "model.onnx") // 2)
+    f.write(b"\x00\x01")
+  with pytest.raises(FlaxbertError, match="model.onnx: sha256 differs"):
+    onnx_serving.load(str(tmp_path / "srv"))
+  # A head the ONNX graph lacks: one line, nothing written.
+  bundle_lib.save(str(tmp_path / "pre"), base)
+  rc, _, err = run_cli("export", tmp_path / "pre", "--serving", "--onnx", "--out",
+                       tmp_path / "x")
+  assert rc != 0 and err.startswith("flaxbert: error:") and "no 'pretraining' head" in err
+  assert not (tmp_path / "x").exists()

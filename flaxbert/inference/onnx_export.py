@@ -39,6 +39,8 @@ class _Graph:
     self.flat, self.nodes, self.inits, self.count = flat, [], [], 0
 
   def const(self, name: str, value) -> str:
+    if any(init.name == name for init in self.inits):
+      name = f"{name}_{len(self.inits)}"   # a second constant of that name
     self.inits.append(numpy_helper.from_array(np.asarray(value), name))
     return name
 
@@ -63,8 +65,11 @@ class _Graph:
                    self.param(prefix + "/bias"), axis=-1, epsilon=eps)
 
 
-def _gelu(g: _Graph, x: str, exact: bool) -> str:
-  if not exact:   # tanh approximation
+def _activation(g: _Graph, x: str, name: str) -> str:
+  """flaxbert.models.bert.activation: exact-erf GELU, its tanh approximation, or ReLU."""
+  if name == "relu":
+    return g.op("Relu", x)
+  if name != "gelu":   # gelu_new, gelu_pytorch_tanh: the tanh approximation
     inner = g.op("Mul", g.op("Add", x, g.op("Mul", g.const(f"c{g.count}", np.float32(0.044715)),
                                             g.op("Mul", x, g.op("Mul", x, x)))),
                  g.const(f"k{g.count}", np.float32(np.sqrt(2 / np.pi))))
@@ -76,13 +81,15 @@ def _gelu(g: _Graph, x: str, exact: bool) -> str:
   return g.op("Mul", half, g.op("Add", erf, g.const(f"o{g.count}", np.float32(1.0))))
 
 
+def check_supported(cfg, head: str) -> None:
+  if head not in HEADS:
+    raise FlaxbertError(f"the ONNX export has no {head!r} head (it has {', '.join(HEADS)})")
+
+
 def build_graph(cfg, head: str, flat: dict) -> onnx.ModelProto:
   """The ONNX model of `head` on parameters `flat` in the per-layer form of
   serving_function.unstack_layers."""
-  if head not in HEADS:
-    raise FlaxbertError(f"the ONNX export has no {head!r} head (it has {', '.join(HEADS)})")
-  if cfg.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-    raise FlaxbertError(f"the ONNX export has no {cfg.hidden_act!r} activation")
+  check_supported(cfg, head)
   g = _Graph(flat)
   d, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
   ids, segments, mask = "input_ids", "segment_ids", "input_mask"
@@ -115,7 +122,7 @@ def build_graph(cfg, head: str, flat: dict) -> onnx.ModelProto:
                     g.const(f"merge_shape{i}", np.array([0, 0, d], np.int64)))
     x = g.layer_norm(g.op("Add", x, g.dense(attended, p + "attention/out", d)),
                      p + "attention_norm", cfg.layer_norm_eps)
-    ffn = _gelu(g, g.dense(x, p + "intermediate", d), cfg.hidden_act == "gelu")
+    ffn = _activation(g, g.dense(x, p + "intermediate", d), cfg.hidden_act)
     x = g.layer_norm(g.op("Add", x, g.dense(ffn, p + "output", cfg.intermediate_size)),
                      p + "output_norm", cfg.layer_norm_eps)
   cls = g.op("Gather", x, g.const("first", np.int64(0)), axis=1)

@@ -9,6 +9,8 @@
                           encoder layer ("bert/encoder/layers/0/..."); with --int8 the dense
                           kernels and embedding tables are int8 plus ":scale" arrays, and f
                           runs int8 x int8 -> int32 matmuls (flaxbert.inference.quantize)
+    DIR/model.onnx        with --onnx: the same function for onnxruntime (float32, or with
+                          --int8 its dynamic int8 form), flaxbert.inference.onnx_serving
     DIR/tokenizer/        the bundle's tokenizer
     DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, and the
                           size and sha256 of every file (flaxbert.inference.serving_manifest)
@@ -55,10 +57,12 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | None = None,
-                   platforms=PLATFORMS) -> dict:
+                   platforms=PLATFORMS, extra_files=None) -> dict:
   """Writes the serving directory of `bundle` (any head) atomically; returns its manifest.
   One module, lowered for every platform in `platforms`; `load` runs it on the platform jax
-  runs on (the manifest's `platforms` must include it)."""
+  runs on (the manifest's `platforms` must include it). `extra_files`: {name: write(path)}
+  for further files of the export (model.onnx: flaxbert.inference.onnx_serving), written
+  into the directory before the manifest records every file."""
   directory = check_new(directory)   # before the export's minutes of work, and again below
   compute_dtype = dtype or inference_dtype()
   config = bundle.config
@@ -85,6 +89,8 @@ def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | N
       f.write(exported.serialize())
     np.savez(os.path.join(tmp, PARAMS_FILE), **stored)
     bundle.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
+    for name, write in (extra_files or {}).items():
+      write(os.path.join(tmp, name))
     params_report = {"parameters": int(sum(np.size(v) for v in float_flat.values())),
                      "stored_bytes": quantize.nbytes(stored),
                      **(quantize.size_report(float_flat, stored) if int8 else {})}
