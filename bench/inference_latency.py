@@ -22,8 +22,8 @@ process, on the same random token ids:
 latency_ms: batch 1 at each --seq-lengths and batch --batch-size at --throughput-seq, the
 median over repeats after one warm-up call each. The peers are timed round robin (call 1 of
 each, then call 2 of each, ...), so load from other processes on a shared machine falls on
-all of them alike. ratios: each peer's time over flaxbert_int8's (> 1: flaxbert int8 faster)
-and flaxbert float32 over int8. Every peer gets the same thread count (onnxruntime
+all of them alike. ratios: each peer's speedup over the float32 StableHLO export, and each
+peer's time over flaxbert_int8's and flaxbert_onnx_int8's (> 1: that flaxbert route faster). Every peer gets the same thread count (onnxruntime
 intra_op_num_threads, torch.set_num_threads; XLA's CPU client takes every core, so
 --threads defaults to the core count); onnxruntime's and OpenMP's threads do not spin-wait
 between calls, which would take the cores from the next peer. The load average before and
@@ -190,9 +190,11 @@ def round_robin(runners: dict, ids, repeats: int) -> dict[str, float]:
 
 
 def ratios(ms: dict) -> dict:
-  base = ms["flaxbert_int8"]
-  out = {f"{k}_over_flaxbert_int8": round(v / base, 3) for k, v in ms.items()
-         if k != "flaxbert_int8"}
+  """speedup_vs_flaxbert: the float32 StableHLO export's time over each peer's (> 1: faster
+  than it); then each peer's time over each flaxbert int8 route's (> 1: flaxbert faster)."""
+  out = {"speedup_vs_flaxbert": {k: round(ms["flaxbert"] / v, 3) for k, v in ms.items()}}
+  for base in ("flaxbert_int8", "flaxbert_onnx_int8"):
+    out[f"over_{base}"] = {k: round(v / ms[base], 3) for k, v in ms.items() if k != base}
   return out
 
 

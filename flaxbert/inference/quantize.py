@@ -35,17 +35,6 @@ def flatten(tree, prefix: str = "") -> dict:
   return flat
 
 
-def unflatten(flat: dict) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return tree
-
-
 # A module under a scanned "layers" whose parameters are still stacked (no layer number next).
 _STACKED_LAYERS = re.compile(r"(^|/)layers/(?!\d+/)")
 

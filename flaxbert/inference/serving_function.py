@@ -29,6 +29,7 @@ import re
 import jax
 import jax.numpy as jnp
 
+from flaxbert.errors import FlaxbertError
 from flaxbert.inference.quantize import INT8_MAX, SCALE_SUFFIX
 from flaxbert.models import attention as attention_lib
 
@@ -177,5 +178,5 @@ def make_serving_function(config, head: str, dtype: str = "float32", all_layers:
   """f(params, input_ids, segment_ids, input_mask) -> outputs, for parameters in the flat,
   per-layer form of `unstack_layers` (optionally quantized by flaxbert.inference.quantize)."""
   if head not in OUTPUTS:
-    raise ValueError(f"no serving function for head {head!r}")
+    raise FlaxbertError(f"no serving function for head {head!r}")
   return _Forward(config, head, dtype, all_layers)
