@@ -2,8 +2,8 @@
 
 Why a second route next to the StableHLO export (flaxbert.inference.serving): on CPUs, XLA's
 int8 x int8 -> int32 matmul (YNNPACK) is only ~1.5x its float32 one at BERT's shapes, so the
-int8 StableHLO export gains ~1.2-1.4x end to end, while onnxruntime's dynamic int8 matmuls
-(uint8 activations x int8 weights, MLAS's VNNI kernels) run MiniLM ~1.7x faster than that
+int8 StableHLO export gains ~1.2-1.3x end to end, while onnxruntime's dynamic int8 matmuls
+(uint8 activations x int8 weights, MLAS's VNNI kernels) run MiniLM 1.5-1.8x faster than that
 (bench/inference_latency.py). This graph is built from the bundle's parameters with
 `onnx.helper` -- no torch, no transformers -- and computes what the head's Linen model
 computes (embeddings, post-LN layers with exact-erf GELU, tanh pooler, the head's dense

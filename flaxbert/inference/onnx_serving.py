@@ -4,7 +4,7 @@ with onnxruntime computing the outputs instead of XLA.
 `flaxbert export BUNDLE --serving --onnx [--int8] --out DIR` writes model.onnx
 (flaxbert.inference.onnx_export; with --int8 its onnxruntime dynamic int8 form) next to the
 StableHLO module, recorded in the manifest like every other file. On CPUs this is the fast int8
-route: onnxruntime's int8 matmuls (uint8 activations x int8 weights) run MiniLM ~1.8x faster
+route: onnxruntime's int8 matmuls (uint8 activations x int8 weights) run MiniLM 1.5-1.8x faster
 than XLA's int8 StableHLO (bench/inference_latency.py). Loading runs every check of
 `flaxbert.serving.load` (manifest, sizes, sha256 of every file, model.onnx's included), then
 checks the ONNX model's outputs are the export's.
