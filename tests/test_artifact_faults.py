@@ -184,8 +184,8 @@ def wrong_shape(arrays):
 
 
 def changed_weight(arrays):
-  kernel = arrays["bert/encoder/layers/output/kernel"]
-  kernel[1, 2, 3] += 0.5
+  kernel = arrays["bert/encoder/layers/1/output/kernel"]   # one entry per layer (format 3)
+  kernel[2, 3] += 0.5
 
 
 def pop(field):

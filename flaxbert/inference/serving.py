@@ -1,17 +1,23 @@
 """Serving export: a bundle's inference function as serialized StableHLO (`jax.export`).
 
     DIR/model.stablehlo   jax.export serialization of f(params, input_ids, segment_ids,
-                          input_mask) -> {output name: array}; batch and sequence length are
-                          symbolic ("b", "s", with s <= the model's positions)
-    DIR/params.npz        the parameters, flat {"bert/embeddings/...": array}; with --int8 the
-                          dense kernels are int8 plus ":scale" arrays (dequantized inside f)
+                          input_mask) -> {output name: array}
+                          (flaxbert.inference.serving_function); batch and sequence length
+                          are symbolic ("b", "s", with s <= the model's positions); lowered
+                          for cpu, cuda and tpu at once (the manifest's `platforms`)
+    DIR/params.npz        the parameters, flat {"bert/embeddings/...": array}, one entry per
+                          encoder layer ("bert/encoder/layers/0/..."); with --int8 the dense
+                          kernels and embedding tables are int8 plus ":scale" arrays, and f
+                          runs int8 x int8 -> int32 matmuls (flaxbert.inference.quantize)
+    DIR/model.onnx        with --onnx: the same function for onnxruntime (float32, or with
+                          --int8 its dynamic int8 form), flaxbert.inference.onnx_serving
     DIR/tokenizer/        the bundle's tokenizer
     DIR/manifest.json     inputs, outputs, dtypes, head, labels, int8, jax version, and the
                           size and sha256 of every file (flaxbert.inference.serving_manifest)
 
 Parameters are inputs of the exported function, stored next to it, not constants baked into
-the module: XLA would constant-fold the int8 dequantization back to float32 while compiling
-(slow, and float32 in memory), large constants make the serialized module slow to write and
+the module: XLA would constant-fold int8 weights back to float32 while compiling (slow, and
+float32 in memory), large constants make the serialized module slow to write and
 read, and one module of ~100 kB can be inspected on its own. The directory is still
 self-contained.
 
@@ -32,7 +38,7 @@ from jax import export as jax_export
 
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
-from flaxbert.inference import bucketing, quantize
+from flaxbert.inference import bucketing, quantize, serving_function
 from flaxbert.inference import serving_manifest as manifest_lib
 from flaxbert.inference.serving_manifest import (FORMAT, FORMAT_VERSION, MANIFEST_FILE,
                                                  MODULE_FILE, PARAMS_FILE, TOKENIZER_DIR)
@@ -47,31 +53,44 @@ def inference_dtype(backend: str | None = None) -> str:
   return "bfloat16" if backend in ("gpu", "cuda", "rocm", "tpu") else "float32"
 
 
-def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | None = None) -> dict:
-  """Writes the serving directory of `bundle` (any head) atomically; returns its manifest."""
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def export_serving(bundle, directory: str, *, int8: bool = False, dtype: str | None = None,
+                   platforms=PLATFORMS, extra_files=None) -> dict:
+  """Writes the serving directory of `bundle` (any head) atomically; returns its manifest.
+  One module, lowered for every platform in `platforms`; `load` runs it on the platform jax
+  runs on (the manifest's `platforms` must include it). `extra_files`: {name: write(path)}
+  for further files of the export (model.onnx: flaxbert.inference.onnx_serving), written
+  into the directory before the manifest records every file."""
   directory = check_new(directory)   # before the export's minutes of work, and again below
   compute_dtype = dtype or inference_dtype()
-  config = bundle.config.replace(dtype=compute_dtype)
-  model = bundle.model.clone(config=config)
-  float_flat = quantize.flatten(jax.tree.map(np.asarray, bundle.params))
+  config = bundle.config
+  float_flat = serving_function.unstack_layers(
+      quantize.flatten(jax.tree.map(np.asarray, bundle.params)), config.num_layers)
   stored = quantize.quantize(float_flat) if int8 else float_flat
-
-  def serve(params, input_ids, segment_ids, input_mask):
-    flat = quantize.dequantize(params, compute_dtype) if int8 else params
-    return model.apply({"params": quantize.unflatten(flat)}, input_ids, segment_ids,
-                       input_mask)
+  serve = serving_function.make_serving_function(
+      config, bundle.head, compute_dtype,
+      all_layers=bool(getattr(bundle.model, "all_layers", False)))
 
   max_length = config.max_position_embeddings
   b, s = jax_export.symbolic_shape("b, s", constraints=(f"s <= {max_length}",))
   token_spec = jax.ShapeDtypeStruct((b, s), np.int32)
   param_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stored.items()}
-  exported = jax_export.export(jax.jit(serve))(param_spec, token_spec, token_spec, token_spec)
+  try:
+    exported = jax_export.export(jax.jit(serve), platforms=tuple(platforms))(
+        param_spec, token_spec, token_spec, token_spec)
+  except ValueError as e:    # an unknown platform name
+    raise FlaxbertError(f"cannot export for platforms {list(platforms)}: "
+                        f"{str(e).splitlines()[0]}") from None
 
   with new_directory(directory) as tmp:
     with open(os.path.join(tmp, MODULE_FILE), "wb") as f:
       f.write(exported.serialize())
     np.savez(os.path.join(tmp, PARAMS_FILE), **stored)
     bundle.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
+    for name, write in (extra_files or {}).items():
+      write(os.path.join(tmp, name))
     params_report = {"parameters": int(sum(np.size(v) for v in float_flat.values())),
                      "stored_bytes": quantize.nbytes(stored),
                      **(quantize.size_report(float_flat, stored) if int8 else {})}

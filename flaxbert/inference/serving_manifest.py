@@ -24,8 +24,10 @@ import numpy as np
 from flaxbert.errors import FlaxbertError
 
 FORMAT = "flaxbert-serving"
-FORMAT_VERSION = 2     # 2: files record {bytes, sha256}; the manifest carries its own digest
+FORMAT_VERSION = 3     # 2: files record {bytes, sha256}; the manifest carries its own digest
+# 3: parameters one entry per encoder layer; int8 embedding tables and int8 activations
 MODULE_FILE = "model.stablehlo"
+ONNX_FILE = "model.onnx"     # optional: the same function for onnxruntime (`export --onnx`)
 PARAMS_FILE = "params.npz"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -46,9 +48,11 @@ def sha256_file(path: str) -> str:
 
 
 def export_files(directory: str) -> list[str]:
-  """The files an export is made of, relative and '/'-separated: the module, the parameters
-  and every file under tokenizer/."""
+  """The files an export is made of, relative and '/'-separated: the module, the parameters,
+  the ONNX model where there is one, and every file under tokenizer/."""
   names = [MODULE_FILE, PARAMS_FILE]
+  if os.path.exists(os.path.join(directory, ONNX_FILE)):
+    names.append(ONNX_FILE)
   for root, _, files in os.walk(os.path.join(directory, TOKENIZER_DIR)):
     for name in files:
       names.append(os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"))
@@ -182,7 +186,7 @@ def check_files(directory: str, manifest: dict) -> None:
   file (load_tokenizer would read it)."""
   records = manifest["files"]
   for name in export_files(directory):
-    if name.startswith(TOKENIZER_DIR + "/") and name not in records:
+    if (name.startswith(TOKENIZER_DIR + "/") or name == ONNX_FILE) and name not in records:
       raise FlaxbertError(f"{os.path.join(directory, name)}: not recorded in the manifest "
                           "(added after export)")
   for name, record in records.items():
