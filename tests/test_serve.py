@@ -206,6 +206,9 @@ def test_concurrent_requests_equal_offline_predict(servers, offline):
   # Batch sizes 1, 2, 4, 8 x buckets 16, 32, all compiled before /ping said ready: none since.
   assert metrics["flaxbert_compiled_shapes"]["value"] == 8
   assert "POST /invocations 200" in batching.output()   # the access log
+  # On a CPU a bundle with an ONNX form is served by onnxruntime, an export without one by XLA.
+  assert "(onnx, max length" in batching.output()
+  assert "(xla, max length" in servers[1].output()
   # {"instances": [...]} is {"inputs": [...]}'s other name
   items = requests[0]
   response = httpx.post(batching.url + "/invocations", json={"instances": items})
@@ -319,6 +322,20 @@ def test_ping_and_invocations_answer_503_until_compiled(export):
   assert ping.status_code == 503 and ping.json() == {"status": "compiling"}
   assert invocation.status_code == 503 and "compiling" in invocation.json()["error"]
   assert ping.headers["retry-after"] == invocation.headers["retry-after"] == "1"
+
+
+def test_int8_bundle_is_served_by_onnxruntime_or_xla_close_to_float(classify_bundle, offline):
+  """--int8 on a bundle: onnxruntime's dynamic int8 by default on a CPU, XLA's int8 module
+  with --backend xla; both answer within int8 rounding of the float32 offline predictions."""
+  texts = [k for k in offline if isinstance(k, str)][:6]
+  for backend in ("auto", "xla"):
+    app = build_app(classify_bundle, int8=True, backend=backend, max_batch_size=1)
+    assert app.state.serving.backend == ("onnx" if backend == "auto" else "xla")
+    assert app.state.serving.model.manifest["int8"]
+    (response,) = _in_process(app, [texts])
+    for text, got in zip(texts, response.json()["outputs"]):
+      np.testing.assert_allclose([got["scores"][k] for k in LABELS],
+                                 [offline[text][1][k] for k in LABELS], atol=0.03)
 
 
 def _in_process(app, requests):

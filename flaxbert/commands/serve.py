@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def run_serve(args) -> None:
   from flaxbert.serve.server import serve
-  serve(args.model, args.host, args.port, int8=args.int8, max_batch_size=args.max_batch_size,
+  serve(args.model, args.host, args.port, int8=args.int8, backend=args.backend,
+        max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
         max_length=args.max_length, reject_long=args.reject_long, top_k=args.top_k)
@@ -21,6 +22,10 @@ def register(sub) -> None:
   p.add_argument("--port", type=int, default=8080,
                  help="default 8080; 0: a free one (the log line says which)")
   p.add_argument("--int8", action="store_true", help="a bundle: serve its int8 export")
+  p.add_argument("--backend", choices=("auto", "xla", "onnx"), default="auto",
+                 help="what computes the model: xla (the StableHLO module) or onnx "
+                 "(onnxruntime, the export's model.onnx: on CPUs the faster, int8 above all); "
+                 "default auto: onnx on a CPU where the model has an ONNX form, else xla")
   batching = p.add_argument_group("batching")
   batching.add_argument("--max-batch-size", type=int, default=32,
                         help="rows per model call (default 32; compiled for powers of two "

@@ -54,11 +54,15 @@ class OnnxServingModel(ServingModel):
                           f"export's {want}")
     self._call = self._run
 
-  def _run(self, params, input_ids, segment_ids, input_mask) -> dict[str, np.ndarray]:
-    del params   # inside model.onnx
+  def onnx_outputs(self, input_ids, segment_ids, input_mask) -> dict[str, np.ndarray]:
+    """{output name: array} of model.onnx on int32 [batch, length] inputs."""
     values = self.session.run(self.output_names, {
         "input_ids": input_ids, "segment_ids": segment_ids, "input_mask": input_mask})
     return dict(zip(self.output_names, values))
+
+  def _run(self, params, input_ids, segment_ids, input_mask) -> dict[str, np.ndarray]:
+    del params   # inside model.onnx
+    return self.onnx_outputs(input_ids, segment_ids, input_mask)
 
 
 def load(directory: str, threads: int | None = None) -> OnnxServingModel:

@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.inference import bucketing
+from flaxbert.inference.onnx_serving import OnnxServingModel
 from flaxbert.inference.serving import ServingModel
 from flaxbert.serve.answers import answers_for, default_max_length
 from flaxbert.serve.batcher import Batcher, Closed, QueueFull, batch_sizes
@@ -41,6 +42,7 @@ from flaxbert.serve.model_source import open_model
 
 access_log = logging.getLogger("flaxbert.access")
 RETRY_AFTER_SECONDS = "1"
+_OUT = "out:"   # onnxruntime's outputs among a batch's arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,17 +95,34 @@ class Serving:
       raise FlaxbertError(f"--max-length {self.max_length} must be between 3 and the model's "
                           f"{model.max_length} positions")
     self.answers = answers_for(model.manifest, model.tokenizer, self.max_length, options.top_k)
+    self.backend = "onnx" if isinstance(model, OnnxServingModel) else "xla"
     answers, call = self.answers, model.exported.call
 
     def run(params, batch):
       outputs = call(params, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
       return answers.device(outputs, batch)
 
+    def answer(merged):
+      """The on-device part of the answers over onnxruntime's outputs ("out:NAME")."""
+      outputs = {k[len(_OUT):]: v for k, v in merged.items() if k.startswith(_OUT)}
+      return answers.device(outputs, {k: v for k, v in merged.items()
+                                      if not k.startswith(_OUT)})
+
     self.buckets = bucketing.default_buckets(self.max_length)
     self.metrics = ServeMetrics(batch_sizes(options.max_batch_size))
-    self.compiled = bucketing.CompiledCache(run, model.params)
+    if self.backend == "onnx":
+      # onnxruntime computes the outputs (the parameters are inside model.onnx); the answers'
+      # on-device part (softmax, pooling, top-k) still compiles once per shape.
+      self.compiled = bucketing.CompiledCache(answer)
+      infer = model.onnx_outputs
+
+      def run_batch(batch):
+        outputs = infer(batch["input_ids"], batch["segment_ids"], batch["input_mask"])
+        return self.compiled({**batch, **{_OUT + k: v for k, v in outputs.items()}})
+    else:
+      self.compiled = run_batch = bucketing.CompiledCache(run, model.params)
     self.metrics.compiled_shapes.set_function(lambda: len(self.compiled.shapes))
-    self.batcher = Batcher(self.compiled, buckets=self.buckets,
+    self.batcher = Batcher(run_batch, buckets=self.buckets,
                            pad_id=model.tokenizer.pad_id, per_token=answers.per_token,
                            max_batch_size=options.max_batch_size,
                            max_wait_ms=options.max_wait_ms, max_queue=options.max_queue,
@@ -259,12 +278,13 @@ class AccessLog:
 
 
 def build_app(model: ServingModel | str, options: ServeOptions | None = None, *,
-              int8: bool = False, **settings) -> Starlette:
+              int8: bool = False, backend: str = "auto", **settings) -> Starlette:
   """The application over a loaded ServingModel, or a serving export's or a bundle's
-  directory (`int8`: a bundle's int8 export); `settings`: ServeOptions fields. Its lifespan
-  starts the batcher (which compiles every shape, then /ping turns 200) and at shutdown
-  drains it."""
-  model = open_model(model, int8=int8) if isinstance(model, (str, os.PathLike)) else model
+  directory (`int8`: a bundle's int8 export; `backend`: model_source.BACKENDS);
+  `settings`: ServeOptions fields. Its lifespan starts the batcher (which compiles every
+  shape, then /ping turns 200) and at shutdown drains it."""
+  model = (open_model(model, int8=int8, backend=backend)
+           if isinstance(model, (str, os.PathLike)) else model)
   options = dataclasses.replace(options or ServeOptions(), **settings)
   serving = Serving(model, options)
 

@@ -45,6 +45,7 @@ ENV_OPTIONS = {
     "FLAXBERT_MAX_BODY_BYTES": ("--max-body-bytes", int),
     "FLAXBERT_MAX_LENGTH": ("--max-length", int),
     "FLAXBERT_TOP_K": ("--top-k", int),
+    "FLAXBERT_BACKEND": ("--backend", str),
 }
 # Environment variable -> `flaxbert serve` switch, on for 1/true/yes, off for 0/false/no/empty.
 ENV_SWITCHES = {

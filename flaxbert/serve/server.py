@@ -65,7 +65,7 @@ class _Server(uvicorn.Server):
 
 
 def serve(path: str, host: str = "127.0.0.1", port: int = 8080, *, int8: bool = False,
-          **options) -> None:
+          backend: str = "auto", **options) -> None:
   """Serves the export or bundle at `path` on host:port until SIGTERM or SIGINT (then
   drains and returns); `options`: ServeOptions fields (max_batch_size, max_wait_ms, ...)."""
   logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -73,7 +73,7 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 8080, *, int8: bool = 
   settings.check()
   sock = bind(host, port)
   try:
-    model = open_model(path, int8=int8)
+    model = open_model(path, int8=int8, backend=backend)
     app = build_app(model, settings)
     serving = app.state.serving
     server = _Server(uvicorn.Config(app, log_config=None, log_level="warning",
@@ -81,9 +81,10 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 8080, *, int8: bool = 
                                     timeout_graceful_shutdown=None))
     serving.on_failure = lambda message: setattr(server, "should_exit", True)
     bound = sock.getsockname()
-    log.info("flaxbert serve: %s head of %s on http://%s:%d (max length %d, batches up to "
-             "%d; compiling %d shapes before /ping turns 200)", serving.head, path, host,
-             bound[1], serving.max_length, settings.max_batch_size, serving.batcher.shapes)
+    log.info("flaxbert serve: %s head of %s on http://%s:%d (%s%s, max length %d, batches "
+             "up to %d; compiling %d shapes before /ping turns 200)", serving.head, path, host,
+             bound[1], serving.backend, " int8" if model.manifest.get("int8") else "",
+             serving.max_length, settings.max_batch_size, serving.batcher.shapes)
     server.run(sockets=[sock])
   finally:
     sock.close()
