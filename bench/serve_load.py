@@ -1,7 +1,7 @@
 """Load on `flaxbert serve`: throughput and latency with and without dynamic batching.
 
   python bench/serve_load.py [--model DIR] [--classify BUNDLE] [--requests 256]
-                             [--concurrency 1 8 32] [--int8]
+                             [--concurrency 1 8 32] [--int8] [--backend auto|xla|onnx]
 
 Starts two `flaxbert serve` processes over the same model (all-MiniLM-L6-v2, the real
 checkpoint, an embed model, unless --model says otherwise): one with the default options
@@ -178,7 +178,7 @@ def measure(servers: dict, texts: list[str], requests: int, levels: list[int]) -
 
 
 def run_model(name: str, model: str, args, texts: list[str]) -> dict:
-  extra = ["--int8"] if args.int8 else []
+  extra = (["--int8"] if args.int8 else []) + ["--backend", args.backend]
   servers = {mode: Server(model, options + extra) for mode, options in MODES.items()}
   try:
     for server in servers.values():
@@ -223,6 +223,9 @@ def main() -> None:
   parser.add_argument("--requests", type=int, default=256, help="requests per level and mode")
   parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
   parser.add_argument("--int8", action="store_true", help="serve with --int8")
+  parser.add_argument("--backend", default="auto", choices=("auto", "xla", "onnx"),
+                      help="serve --backend (auto: onnxruntime on a CPU for a model with an "
+                      "ONNX form, as all-MiniLM-L6-v2 has)")
   parser.add_argument("--texts", default=TEXTS, help="TSV with a `sentence` column")
   args = parser.parse_args()
   texts = read_texts(args.texts)
@@ -232,7 +235,8 @@ def main() -> None:
   results = {name: run_model(name, model, args, texts) for name, model in models.items()}
   report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "load_average": [round(x, 2) for x in os.getloadavg()]},
-            "requests_per_level": args.requests, "int8": args.int8, "results": results}
+            "requests_per_level": args.requests, "int8": args.int8,
+            "backend": args.backend, "results": results}
   print(json.dumps(report, indent=1))
   print(markdown(results))
 
