@@ -453,7 +453,8 @@ def test_bad_command_lines_are_one_line_errors(classify_bundle, export, tmp_path
                       (["serve", str(tmp_path)], "neither a serving export"),
                       (["serve", classify_bundle, "--max-batch-size", "0"],
                        "--max-batch-size must be positive"),
-                      (["serve", export, "--int8"], "--int8 applies to a bundle")):
+                      (["serve", export, "--int8"], "--int8 applies to a bundle"),
+                      (["serve", export, "--backend", "onnx"], "no ONNX form to serve")):
     rc, _, err = call_cli(*args, "--port", "0")
     assert rc == 2 and words in err and "Traceback" not in err, err
   with socket.socket() as taken:
