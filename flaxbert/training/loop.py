@@ -94,7 +94,8 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
         evaluate: Callable[[Any, int], dict] | None = None,
         count_tokens: Callable[[dict], int] | None = None,
         initial_params: Any = None,
-        stop: Callable[[int, dict], str | None] | None = None) -> LoopResult:
+        stop: Callable[[int, dict], str | None] | None = None,
+        frozen: tuple = ()) -> LoopResult:
   """Trains to cfg.total_steps (resuming if a checkpoint exists); returns the final state.
 
   evaluate(params, step) -> metrics is called every cfg.eval_every steps and at the end; its
@@ -105,6 +106,8 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
   stop(step, metrics) is asked after each evaluation before the last step; a reason (a
   string) ends the run there as if it were the last step: that step's checkpoint is written,
   so a re-run restores the stopped state (the caller remembers not to train it further).
+  frozen: device arrays (pytrees) placed on the mesh, passed to every step after the batch
+  and neither trained, donated nor checkpointed (a distillation teacher's parameters).
   """
   is_main = jax.process_index() == 0
   checkpoints = RunCheckpoints(os.path.join(cfg.workdir, "checkpoints"), cfg.keep_checkpoints,
@@ -120,7 +123,9 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
     start, state = restored
     log.info("flaxbert: resuming from step %d", start)
   writer = MetricsWriter(cfg.workdir, start, enabled=is_main)
-  step_fn = jax.jit(train_step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+  frozen_shardings = tuple(jax.tree.map(lambda x: x.sharding, f) for f in frozen)
+  step_fn = jax.jit(train_step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
+                                              *frozen_shardings),
                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
   peak = device_peak_flops()
   sigterm = _Sigterm()
@@ -137,7 +142,7 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
           local_batch = next(data)
         except StopIteration:
           raise FlaxbertError(f"the training data ran out at step {step}") from None
-        state, metrics = step_fn(state, mesh_lib.global_batch(local_batch, mesh))
+        state, metrics = step_fn(state, mesh_lib.global_batch(local_batch, mesh), *frozen)
         if count_tokens is not None:
           window_tokens += count_tokens(local_batch) * jax.process_count()
         step += 1

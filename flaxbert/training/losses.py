@@ -119,6 +119,96 @@ def summarise_head(head: str):
   return summarise
 
 
+# --- knowledge distillation on a head's outputs ----------------------------------------------
+#
+# loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+#        + (1 - alpha) * the head's cross-entropy on the hard labels,
+# each term normalised by its own global total: the KD term over every position the teacher
+# speaks for, the hard term over the labelled ones only (an unlabelled example adds to KD
+# alone). T^2 keeps the KD gradients' scale independent of T (Hinton et al. 2015). With
+# alpha = 0 the loss is the fine-tuning loss (head_sums) exactly. Regression heads have no
+# distribution: their KD term is the squared difference to the teacher's value.
+
+def _labelled(head: str, batch):
+  """head_weights with unlabelled examples (label -1) weighing 0; tagging labels already do."""
+  return head_weights(head, {**batch, "example_weight": _hard_example_weight(head, batch)})
+
+
+def _kl(teacher_logits, student_logits, temperature: float):
+  """T^2 * KL(softmax(t/T) || softmax(s/T)) over the last axis, in float32."""
+  t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  return temperature ** 2 * jnp.sum(jnp.exp(t) * (t - s), axis=-1)
+
+
+def _mask_padding(logits_BxL, input_mask_BxL):
+  """Start/end logits with padding positions out of the distribution."""
+  return jnp.where(input_mask_BxL > 0, logits_BxL.astype(jnp.float32), -1e9)
+
+
+def distill_weights(head: str, batch):
+  """Per-example (tagging: per-token) weights of the KD term: every real example; for
+  tagging every word's first sub-token, which `kd_token_mask` marks when labels are absent."""
+  if head == "tagging":
+    mask = batch["kd_token_mask"] if "kd_token_mask" in batch else (batch["labels"] >= 0)
+    return mask.astype(jnp.float32) * _example_weight(batch, mask.shape[0])[:, None]
+  key = {"span_qa": "start_position", "classification": "label", "regression": "label"}[head]
+  return _example_weight(batch, batch[key].shape[0])
+
+
+def distill_sums(head: str, student, teacher, batch, temperature: float):
+  """Sums of the KD term and its weight, and the head's hard-label sums (head_sums) over the
+  labelled examples: student and teacher are the two models' output dicts."""
+  w_kd = distill_weights(head, batch)
+  if head == "regression":
+    diff = (student["logits"].astype(jnp.float32)[:, 0]
+            - teacher["logits"].astype(jnp.float32)[:, 0])
+    kd = diff * diff
+  elif head == "span_qa":
+    mask = batch["input_mask"]
+    kd = 0.5 * sum(_kl(_mask_padding(teacher[k], mask), _mask_padding(student[k], mask),
+                       temperature) for k in ("start_logits", "end_logits"))
+  else:
+    kd = _kl(teacher["logits"], student["logits"], temperature)
+  hard = head_sums(head, student, {**batch, "example_weight": _hard_example_weight(head, batch)})
+  return {"kd_loss": jnp.sum(w_kd * kd), "kd_weight": jnp.sum(w_kd), **hard}
+
+
+def _hard_example_weight(head: str, batch):
+  """The example weights of the hard-label term: 0 for unlabelled examples (label -1)."""
+  key = {"span_qa": "start_position", "classification": "label", "regression": "label",
+         "tagging": "labels"}[head]
+  w = _example_weight(batch, batch[key].shape[0])
+  if head in ("classification", "span_qa"):
+    w = w * (batch[key] >= 0).astype(jnp.float32)
+  return w
+
+
+def distill_totals(head: str, batch):
+  return {"kd": jnp.maximum(jnp.sum(distill_weights(head, batch)), 1.0),
+          "hard": jnp.maximum(jnp.sum(_labelled(head, batch)), 1.0)}
+
+
+def distill_loss(alpha: float):
+  def loss(sums, totals):
+    return alpha * sums["kd_loss"] / totals["kd"] + (1.0 - alpha) * sums["loss"] / totals["hard"]
+  return loss
+
+
+def summarise_distill(head: str, alpha: float):
+  """loss (the objective, as each part's running mean), kd_loss, hard_loss, train_accuracy."""
+  hard = summarise_head(head)
+
+  def summarise(sums):
+    metrics = hard(sums)
+    kd = sums["kd_loss"] / jnp.maximum(sums["kd_weight"], 1.0)
+    metrics["hard_loss"] = metrics["loss"]
+    metrics["kd_loss"] = kd
+    metrics["loss"] = alpha * kd + (1.0 - alpha) * metrics["hard_loss"]
+    return metrics
+  return summarise
+
+
 # --- sequence to sequence --------------------------------------------------------------------
 
 def token_weights(batch):

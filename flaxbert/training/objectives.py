@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from flaxbert.models.encdec import shift_right
@@ -46,6 +47,23 @@ def finetuning(model: nn.Module, head: str) -> Objective:
       totals=lambda batch: {"weight": jnp.maximum(jnp.sum(losses.head_weights(head, batch)), 1.0)},
       loss=lambda sums, totals: sums["loss"] / totals["weight"],
       summarise=losses.summarise_head(head))
+
+
+def distillation(student: nn.Module, teacher: nn.Module, head: str, temperature: float,
+                 alpha: float) -> Objective:
+  """Knowledge distillation (losses.distill_sums): the teacher's parameters are the step's
+  frozen input (make_train_step), its forward pass deterministic and without gradients; its
+  outputs exist only inside the step, on the devices."""
+
+  def sums(params, batch, key, teacher_params):
+    inputs = {k: batch[k] for k in BERT_INPUTS}
+    taught = jax.lax.stop_gradient(_apply(teacher, teacher_params, None, **inputs))
+    return losses.distill_sums(head, _apply(student, params, key, **inputs), taught, batch,
+                               temperature)
+
+  return Objective(sums=sums, totals=lambda batch: losses.distill_totals(head, batch),
+                   loss=losses.distill_loss(alpha),
+                   summarise=losses.summarise_distill(head, alpha))
 
 
 def seq2seq(model: nn.Module, label_smoothing: float = 0.0) -> Objective:

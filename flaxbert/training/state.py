@@ -14,6 +14,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -64,6 +65,17 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh, dum
   shardings = mesh_lib.logical_shardings(specs, mesh)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings), shardings
+
+
+def place_params(model: nn.Module, params, mesh, dummy: dict):
+  """Host parameters of `model` on the mesh, sharded as its training state's would be (each
+  process places its own shards): a frozen model that runs beside a trained one."""
+  boxed = jax.eval_shape(lambda k: model.init(k, **dummy)["params"], jax.random.key(0))
+  shardings = mesh_lib.logical_shardings(nn.get_partition_spec(boxed), mesh)
+  return jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(
+          np.shape(x), s, lambda index, x=x: np.asarray(x, np.float32)[index]),
+      params, shardings)
 
 
 def host_params(params):

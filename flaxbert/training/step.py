@@ -5,6 +5,10 @@ global totals normalise them, and which metrics the sums give. The step computes
 the whole batch before its microbatch loop, so accumulating k microbatches gives the same loss
 and gradient as one step on the k-times batch, for every recipe alike. The dropout key of a
 step is derived from the stored key and the step, so a resumed run repeats nothing.
+
+Frozen inputs: `train_step(state, batch, *frozen)` passes any further arguments to
+`objective.sums` after the key, untouched and never differentiated: a distillation teacher's
+parameters (training/loop.py places them on the mesh once; the step does not donate them).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from flaxbert.training.state import TrainState
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  # (params, batch, dropout key or None for deterministic) -> dict of float32 sums
+  # (params, batch, dropout key or None for deterministic, *frozen) -> dict of float32 sums
   sums: Callable
   # batch -> dict of global normalisers, computed on the whole (global) batch
   totals: Callable
@@ -42,15 +46,16 @@ def _split_microbatches(batch, k: int):
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation,
                     learning_rate: Callable, accum_steps: int = 1):
-  """train_step(state, batch) -> (state, metrics): pure, for jit with donated state."""
+  """train_step(state, batch, *frozen) -> (state, metrics): pure, for jit with donated
+  state (and frozen inputs not donated)."""
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, *frozen):
     with nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
       step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
       totals = objective.totals(batch)
 
       def loss_fn(params, micro, key):
-        sums = objective.sums(params, micro, key)
+        sums = objective.sums(params, micro, key, *frozen)
         return objective.loss(sums, totals), sums
 
       grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -59,7 +64,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
       else:
         micro = _split_microbatches(batch, accum_steps)
         sums_shape = jax.eval_shape(lambda: objective.sums(
-            state.params, jax.tree.map(lambda x: x[0], micro), step_key))
+            state.params, jax.tree.map(lambda x: x[0], micro), step_key, *frozen))
 
         def body(carry, xs):
           i, one = xs

