@@ -3,7 +3,7 @@
 import importlib
 
 # Order is the order of `flaxbert --help`.
-MODULES = ("pretrain", "finetune", "predict", "evaluate", "export", "convert", "embed",
+MODULES = ("pretrain", "finetune", "distill", "predict", "evaluate", "export", "convert", "embed",
            "fill_mask", "serve", "tokenizer", "report")
 
 

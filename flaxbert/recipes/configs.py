@@ -289,6 +289,23 @@ class FinetuneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig(FinetuneConfig):
+  """Distilling a fine-tuned classify, NER or QA bundle (the teacher) into a smaller student,
+  with the fine-tuning settings; `task` is the teacher's, `init` the teacher bundle."""
+  student: str | None = setting(
+      None, metavar="PRESET|CONFIG|BUNDLE", help="the student: a preset or config.json (fresh "
+      "weights), or a bundle / HF checkpoint (its encoder, the teacher's head)",
+      default_help="--student-layers layers of the teacher")
+  student_layers: int | None = setting(
+      None, metavar="N", help="layers of the student: N evenly spaced layers of the teacher "
+      "(first and last kept, as DistilBERT), or the depth of a --student preset",
+      default_help="half the teacher's")
+  temperature: float = setting(2.0, help="softmax temperature T of the KD term")
+  alpha: float = setting(0.5, help="weight of the KD term, T^2 KL(teacher_T || student_T); "
+                         "1 - alpha weighs the cross-entropy on the hard labels")
+
+
+@dataclasses.dataclass(frozen=True)
 class Seq2SeqConfig:
   """Encoder-decoder fine-tuning on source<TAB>target pairs."""
   workdir: str = shared("workdir")

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import os
+from typing import Any, Callable
 
 from flaxbert import bundle as bundle_lib
 from flaxbert import sharding as mesh_lib
@@ -34,7 +35,7 @@ from flaxbert.tasks import predict as predict_lib, registry
 from flaxbert.training import objectives, optim
 from flaxbert.training.early_stopping import EarlyStopping, improves
 from flaxbert.training.run import Run, open_run
-from flaxbert.training.step import make_train_step
+from flaxbert.training.step import Objective, make_train_step
 
 log = logging.getLogger("flaxbert")
 
@@ -46,7 +47,7 @@ OVERRIDABLE = ("dtype", "hidden_dropout", "attention_dropout", "attention_impl",
 
 # --- inputs ----------------------------------------------------------------------------------
 
-def _check(cfg: FinetuneConfig, mesh) -> None:
+def check_settings(cfg: FinetuneConfig, mesh) -> None:
   if registry.get(cfg.task, cfg.regression).head == "seq2seq":   # recipes/seq2seq.py
     raise FlaxbertError("seq2seq fine-tuning is `flaxbert finetune seq2seq`")
   if cfg.epochs <= 0 or cfg.batch_size < 1 or cfg.max_seq_length < 8:
@@ -99,11 +100,32 @@ class _TrainBatches:
 
 def finetune(cfg: FinetuneConfig) -> dict:
   """Runs (or resumes) a fine-tune; returns results.json's content."""
-  with open_run(cfg, f"finetune-{cfg.task}", _check) as run:
+  with open_run(cfg, f"finetune-{cfg.task}", check_settings) as run:
     return _finetune(run)
 
 
 def _finetune(run: Run) -> dict:
+  cfg = run.cfg
+
+  def model(labels):
+    bundle = with_overrides(
+        bundle_lib.load(cfg.init, head=cfg.head, num_labels=len(labels) if labels else None,
+                        labels=labels, seed=cfg.seed), cfg.overrides)
+    bundle.labels = labels
+    return bundle
+
+  return train_task(run, model, tokenizer_from=cfg.init,
+                    objective=lambda model: objectives.finetuning(model, cfg.head))
+
+
+def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bundle], *,
+               tokenizer_from: str, objective: Callable[[Any], Objective],
+               frozen: Callable[[], tuple] = tuple, more_results: dict | None = None) -> dict:
+  """A run that trains a bundle on a task's files, the fine-tune's skeleton (module
+  docstring): `make_bundle(labels of the training file)` gives the model to train, its labels
+  the ones the data and the dev scores use; `objective(model)` its loss; `frozen()` the
+  further inputs of every step (a distillation teacher's parameters, on the mesh);
+  `more_results` more entries of results.json."""
   cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
   task = registry.get(cfg.task, cfg.regression)
   prepared = run.prepare(lambda: task.prepare_files(
@@ -117,12 +139,10 @@ def _finetune(run: Run) -> dict:
       max_answer_length=cfg.max_answer_length, n_best=cfg.n_best,
       null_threshold=cfg.null_threshold if version_2 else None)
 
-  bundle = _with_overrides(
-      bundle_lib.load(cfg.init, head=cfg.head, num_labels=len(labels) if labels else None,
-                      labels=labels, seed=cfg.seed), cfg.overrides)
-  bundle.labels = labels
+  bundle = make_bundle(labels)
+  labels = bundle.labels
   task.for_bundle(bundle, cfg.init, settings)   # the head and the length the bundle takes
-  tokenizer_dir = run.tokenizer(copy_from=cfg.init)
+  tokenizer_dir = run.tokenizer(copy_from=tokenizer_from)
   run.record(model="bert", head=cfg.head, num_labels=getattr(bundle.model, "num_labels", None),
              labels=labels, model_config=bundle.config.to_dict())
   data = run.prepare(lambda: finetune_data(
@@ -172,14 +192,14 @@ def _finetune(run: Run) -> dict:
 
   loop_cfg = run.loop_config(
       total_steps=loop_steps, eval_every=cfg.eval_every or steps_per_epoch,
-      checkpoint_every=cfg.checkpoint_every or steps_per_epoch, desc=f"finetune {cfg.task}",
+      checkpoint_every=cfg.checkpoint_every or steps_per_epoch, desc=run.kind.replace("-", " "),
       tokens_per_step=cfg.batch_size * cfg.max_seq_length)
   result = run.train(loop_cfg, model=model, tx=tx, dummy_inputs=dummy_inputs(),
-                     train_step=make_train_step(objectives.finetuning(model, cfg.head), tx,
+                     train_step=make_train_step(objective(model), tx,
                                                 optim.learning_rate_schedule(opt_cfg),
                                                 cfg.accum_steps),
                      data=train_batches, evaluate=evaluate, initial_params=bundle.params,
-                     stop=stop if early is not None else None)
+                     stop=stop if early is not None else None, frozen=frozen())
   run.save_bundle("bundle", bundle, params=result.state.params,
                   files=_settings_file(settings))
   results = {}
@@ -197,7 +217,8 @@ def _finetune(run: Run) -> dict:
                "steps": stopped_at or max(total_steps, result.start_step),
                "stopped_early": early.reason() if stopped_at is not None else None,
                "batch_size": cfg.batch_size, "max_seq_length": cfg.max_seq_length,
-               "labels": labels, "train_file": train_path, "dev_file": dev_path}
+               "labels": labels, "train_file": train_path, "dev_file": dev_path,
+               **(more_results or {})}
     write_json(os.path.join(cfg.workdir, "results.json"), results)
   return results
 
@@ -220,7 +241,7 @@ def _early_stopping(run: Run, metric: str, total_steps: int
   return early, total_steps
 
 
-def _with_overrides(bundle, overrides) -> bundle_lib.Bundle:
+def with_overrides(bundle, overrides) -> bundle_lib.Bundle:
   """The bundle's model with the `--set` fields (OVERRIDABLE) changed; the parameters stay as
   loaded (float32: a bfloat16 dtype is the compute dtype, as in pretraining)."""
   if not overrides:

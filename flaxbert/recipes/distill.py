@@ -1,0 +1,97 @@
+"""Recipe: knowledge distillation of a fine-tuned bundle (the teacher) into a smaller student,
+on the teacher's task and files.
+
+What it declares, the mechanism being the fine-tune's (recipes/finetune.py `train_task`):
+- the teacher: a classify (or regression), NER or QA bundle, loaded once; its parameters go
+  onto the mesh, sharded as a trained model's would be, and enter every step as a frozen
+  input (not trained, not in the optimizer state, not donated, not checkpointed);
+- the student (bundle/student.py): N evenly spaced layers of the teacher, a preset or
+  config, or a bundle; `--set` changes how it computes, as in fine-tuning;
+- the loss (training/objectives.py `distillation`): alpha * T^2 * KL(teacher_T ||
+  student_T) + (1 - alpha) * the head's cross-entropy, in one jitted step whose teacher
+  forward pass is deterministic and under stop_gradient.
+
+Everything else is a fine-tune's: dev scores through `flaxbert predict`'s code, the best
+student in WORKDIR/best/ (a bundle like any other), the last in WORKDIR/bundle/, exact
+resume, metrics.jsonl, TensorBoard, early stopping, results.json (with the teacher, the
+student's layers and the loss settings added).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from flaxbert import bundle as bundle_lib
+from flaxbert.bundle import student as student_lib
+from flaxbert.errors import FlaxbertError
+from flaxbert.jsonfile import read_json
+from flaxbert.models.factory import dummy_inputs
+from flaxbert.recipes import finetune as finetune_lib
+from flaxbert.recipes.configs import DistillConfig
+from flaxbert.training import objectives
+from flaxbert.training.run import Run, open_run
+from flaxbert.training.state import place_params
+
+# A teacher's head -> the task distilled (`flaxbert finetune` names).
+TASK_OF_HEAD = {"classification": "classify", "regression": "classify", "tagging": "ner",
+                "span_qa": "qa"}
+
+
+def teacher_task(path: str) -> tuple[str, bool]:
+  """(task, regression) of the fine-tuned bundle at `path`, from its config.json alone."""
+  config = os.path.join(path, "config.json")
+  if not os.path.isfile(config):
+    raise FlaxbertError(f"--teacher {path}: no such bundle (no config.json)")
+  head = read_json(config).get("head")
+  if head not in TASK_OF_HEAD:
+    raise FlaxbertError(f"--teacher {path}: a {head!r} bundle; the teacher must be fine-tuned "
+                        "for classify, ner or qa (`flaxbert finetune`)")
+  return TASK_OF_HEAD[head], head == "regression"
+
+
+def _check(cfg: DistillConfig, mesh) -> None:
+  finetune_lib.check_settings(cfg, mesh)
+  if cfg.temperature <= 0:
+    raise FlaxbertError(f"--temperature {cfg.temperature} must be positive")
+  if not 0.0 <= cfg.alpha <= 1.0:
+    raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
+  if cfg.student_layers is not None and cfg.student_layers < 1:
+    raise FlaxbertError("--student-layers must be positive")
+
+
+def distill(cfg: DistillConfig) -> dict:
+  """Runs (or resumes) a distillation; returns results.json's content."""
+  with open_run(cfg, f"distill-{cfg.task}", _check) as run:
+    return _distill(run)
+
+
+def _distill(run: Run) -> dict:
+  cfg = run.cfg
+  teacher = bundle_lib.load(cfg.init)
+  if teacher.head != cfg.head:
+    raise FlaxbertError(f"--teacher {cfg.init}: a {teacher.head} bundle, not {cfg.head}")
+  student = finetune_lib.with_overrides(
+      student_lib.build_student(teacher, cfg.student, cfg.student_layers, cfg.seed),
+      cfg.overrides)
+
+  def student_for(labels):
+    """The student, its labels the teacher's (the ids its head and the data share)."""
+    unknown = sorted(set(labels or ()) - set(teacher.labels or ()))
+    if unknown:
+      raise FlaxbertError(f"{cfg.train}: labels the teacher does not know: "
+                          f"{', '.join(unknown)} (the teacher's: {', '.join(teacher.labels)})")
+    return dataclasses.replace(student, task_settings=None)
+
+  def frozen():
+    return (place_params(teacher.model, teacher.params, run.mesh, dummy_inputs()),)
+
+  return finetune_lib.train_task(
+      run, student_for, tokenizer_from=cfg.init,
+      objective=lambda model: objectives.distillation(model, teacher.model, cfg.head,
+                                                      cfg.temperature, cfg.alpha),
+      frozen=frozen,
+      more_results={"teacher": os.path.abspath(cfg.init),
+                    "teacher_layers": teacher.config.num_layers,
+                    "student": cfg.student, "student_layers": student.config.num_layers,
+                    "temperature": cfg.temperature, "alpha": cfg.alpha})
