@@ -5,12 +5,15 @@ one line)."""
 
 import json
 import os
+import signal
+import threading
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, call_cli
+from conftest import SHARED_DATA, call_cli, snapshot
 from flaxbert import bundle as bundle_lib
 from flaxbert.bundle import student as student_lib
 from flaxbert.errors import FlaxbertError
@@ -37,6 +40,9 @@ def classify_teacher(tmp_path_factory):
   labels = ["negative", "neutral", "positive"]
   bundle = bundle_lib.load(str(root / "hf"), head="classification", num_labels=3, labels=labels)
   bundle.labels = labels
+  # A confident teacher (a random head's logits are near 0: nothing to distil).
+  dense = bundle.params["classifier"]["dense"]
+  dense["kernel"] = dense["kernel"] * 30
   bundle_lib.replace(str(root / "teacher"), bundle,
                      files={"finetune.json": {"task": "classify", "max_seq_length": 32}})
   return str(root / "teacher")
@@ -124,3 +130,93 @@ def test_kd_loss_of_tokens_and_spans_masks_what_the_task_does():
   np.testing.assert_allclose(float(sums["kd_loss"]), want, rtol=1e-5)
   totals = losses.distill_totals("span_qa", batch)
   assert float(totals["hard"]) == 1 and float(totals["kd"]) == 2
+
+
+TIMING = ("steps_per_s", "tokens_per_s")
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+def _distill(teacher, workdir, *extra):
+  return ["distill", "--teacher", teacher,
+          "--train", os.path.join(SHARED_DATA, "sentiment", "train.tsv"),
+          "--dev", os.path.join(SHARED_DATA, "sentiment", "dev.tsv"), "--workdir", workdir,
+          "--max-train-examples", "48", "--max-dev-examples", "32", "--max-length", "32",
+          "--batch-size", "8", "--epochs", "2", "--lr", "2e-3", "--log-every", "1", "--sync-checkpoints", "--quiet", *extra]
+
+
+# A fresh 1-layer student of the tiny preset: it starts far from the teacher (the students
+# taken from the teacher's layers start close, see the test above).
+STUDENT = ("--student", "tiny", "--student-layers", "1", "--alpha", "0.9")
+
+
+def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_teacher,
+                                                                     tmp_path):
+  before = snapshot(classify_teacher)
+  reference = str(tmp_path / "reference")
+  rc, out, err = call_cli(*_distill(classify_teacher, reference, *STUDENT))
+  assert rc == 0, err[-3000:]
+  assert "1-layer student" in out
+  rows = _metrics(reference)
+  assert [r["step"] for r in rows] == list(range(1, 13)) and "dev_accuracy" in rows[-1]
+  kd = [r["kd_loss"] for r in rows]
+  assert sum(kd[-3:]) < 0.7 * sum(kd[:3]), kd   # the student learns the teacher's outputs
+  results = json.load(open(os.path.join(reference, "results.json")))
+  assert (results["task"], results["student_layers"], results["teacher_layers"]) == (
+      "classify", 1, 4)
+  assert snapshot(classify_teacher) == before   # the teacher is only read
+  # best/ is a bundle like any other: predict + evaluate give its recorded dev score
+  dev = os.path.join(reference, "data", "dev_subset.tsv")
+  predictions = str(tmp_path / "dev_predictions.tsv")
+  rc, _, err = call_cli("predict", os.path.join(reference, "best"), "--task", "classify",
+                        "--input", dev, "--output", predictions, "--quiet")
+  assert rc == 0, err[-3000:]
+  rc, out, err = call_cli("evaluate", "--task", "classify", "--predictions", predictions,
+                          "--gold", dev)
+  assert rc == 0, err
+  assert json.loads(out)["accuracy"] == results["best"]["dev"]["accuracy"]
+  config = json.load(open(os.path.join(reference, "best", "config.json")))
+  assert config["config"]["num_layers"] == 1 and config["labels"] == results["labels"]
+
+  # SIGTERM mid-run (this process; the loop checkpoints and exits 143), then the same
+  # command: it resumes and ends with the uninterrupted run's metrics, bit for bit.
+  stopped = str(tmp_path / "stopped")
+  metrics = os.path.join(stopped, "metrics.jsonl")
+
+  def term_after_step_5():
+    deadline = time.time() + 300
+    while time.time() < deadline:
+      if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+      time.sleep(0.02)
+
+  killer = threading.Thread(target=term_after_step_5, daemon=True)
+  killer.start()
+  with pytest.raises(SystemExit) as stop:
+    call_cli(*_distill(classify_teacher, stopped, *STUDENT))
+  killer.join()
+  assert stop.value.code == 143
+  assert len(_metrics(stopped)) < 12
+  rc, _, err = call_cli(*_distill(classify_teacher, stopped, *STUDENT))
+  assert rc == 0, err[-3000:]
+  assert "resuming from step" in err
+  assert _metrics(stopped) == rows
+  assert json.load(open(os.path.join(stopped, "best_score.json"))) == json.load(
+      open(os.path.join(reference, "best_score.json")))
+
+
+def test_bad_teacher_or_student_is_one_line(classify_teacher, tiny_hf, tmp_path):
+  for teacher, message in ((str(tmp_path / "absent"), "no such bundle"),
+                           (tiny_hf, "the teacher must be fine-tuned")):
+    rc, out, err = call_cli(*_distill(teacher, str(tmp_path / "w")))
+    assert rc == 2 and err.strip().splitlines() == [f"flaxbert: error: --teacher {teacher}: "
+                                                    + err.split(f"{teacher}: ", 1)[1].strip()]
+    assert message in err
+  rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w2"), "--student-layers",
+                                  "9"))
+  assert rc == 2 and "the teacher has 4 layers" in err, err
+  assert "Traceback" not in err
