@@ -220,3 +220,37 @@ def test_bad_teacher_or_student_is_one_line(classify_teacher, tiny_hf, tmp_path)
                                   "9"))
   assert rc == 2 and "the teacher has 4 layers" in err, err
   assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("task", ["ner", "qa"])
+def test_ner_and_qa_teachers_distil_into_a_task_bundle(classify_teacher, task, tmp_path):
+  """The token and span heads through the same run: a few steps, dev scores, and a best/
+  bundle of the teacher's head and labels (their losses are checked against numpy above)."""
+  hf = os.path.join(os.path.dirname(classify_teacher), "hf")
+  if task == "ner":
+    tags = ["O", "B-company", "B-facility", "B-geo-loc", "B-movie", "B-musicartist",
+            "B-other", "B-person", "B-product", "B-sportsteam", "B-tvshow", "I-company",
+            "I-facility", "I-geo-loc", "I-movie", "I-musicartist", "I-other", "I-person",
+            "I-product", "I-sportsteam", "I-tvshow"]
+    teacher = bundle_lib.load(hf, head="tagging", num_labels=len(tags), labels=tags)
+    teacher.labels = tags
+    files = ("ner", "train.conll", "dev.conll")
+  else:
+    teacher = bundle_lib.load(hf, head="span_qa")
+    files = ("qa", "train.json", "dev.json")
+  path = str(tmp_path / "teacher")
+  bundle_lib.replace(path, teacher)
+  workdir = str(tmp_path / "w")
+  rc, out, err = call_cli(
+      "distill", "--teacher", path, "--train", os.path.join(SHARED_DATA, files[0], files[1]),
+      "--dev", os.path.join(SHARED_DATA, files[0], files[2]), "--workdir", workdir,
+      "--max-train-examples", "16", "--max-dev-examples", "8", "--max-length", "64",
+      "--batch-size", "8", "--max-steps", "2", "--student-layers", "1", "--quiet")
+  assert rc == 0, err[-3000:]
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["task"] == task and results["student_layers"] == 1
+  rows = _metrics(workdir)
+  assert all(np.isfinite(r["kd_loss"]) and r["kd_loss"] >= 0 for r in rows)
+  config = json.load(open(os.path.join(workdir, "best", "config.json")))
+  assert config["head"] == teacher.head and config["labels"] == teacher.labels
+  assert config["config"]["num_layers"] == 1

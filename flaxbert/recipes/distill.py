@@ -90,7 +90,7 @@ def _distill(run: Run) -> dict:
       run, student_for, tokenizer_from=cfg.init,
       objective=lambda model: objectives.distillation(model, teacher.model, cfg.head,
                                                       cfg.temperature, cfg.alpha),
-      frozen=frozen,
+      frozen=frozen, known_labels=teacher.labels,
       more_results={"teacher": os.path.abspath(cfg.init),
                     "teacher_layers": teacher.config.num_layers,
                     "student": cfg.student, "student_layers": student.config.num_layers,

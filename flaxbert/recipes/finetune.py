@@ -120,17 +120,20 @@ def _finetune(run: Run) -> dict:
 
 def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bundle], *,
                tokenizer_from: str, objective: Callable[[Any], Objective],
-               frozen: Callable[[], tuple] = tuple, more_results: dict | None = None) -> dict:
+               frozen: Callable[[], tuple] = tuple, known_labels: list[str] | None = None,
+               more_results: dict | None = None) -> dict:
   """A run that trains a bundle on a task's files, the fine-tune's skeleton (module
   docstring): `make_bundle(labels of the training file)` gives the model to train, its labels
   the ones the data and the dev scores use; `objective(model)` its loss; `frozen()` the
   further inputs of every step (a distillation teacher's parameters, on the mesh);
+  `known_labels` the labels dev files may hold (default: the training file's);
   `more_results` more entries of results.json."""
   cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
   task = registry.get(cfg.task, cfg.regression)
   prepared = run.prepare(lambda: task.prepare_files(
       cfg.train, cfg.dev, cfg.workdir, max_train_examples=cfg.max_train_examples,
-      max_dev_examples=cfg.max_dev_examples, seed=cfg.seed), "files")
+      max_dev_examples=cfg.max_dev_examples, seed=cfg.seed, known_labels=known_labels),
+      "files")
   train_path, dev_path, labels = prepared.train, prepared.dev, prepared.labels
   version_2 = cfg.version_2 if cfg.version_2 is not None else prepared.version_2
   settings = predict_lib.TaskSettings(

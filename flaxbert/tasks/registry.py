@@ -58,9 +58,11 @@ class Task:
 
   def prepare_files(self, train: str, dev: str, workdir: str, *,
                     max_train_examples: int | None = None, max_dev_examples: int | None = None,
-                    seed: int = 0) -> PreparedFiles:
+                    seed: int = 0, known_labels: list[str] | None = None) -> PreparedFiles:
     """Checks both files, keeps a seeded random subset of the training examples and the first
-    dev examples when asked (written under `workdir`/data/), and reads the label names."""
+    dev examples when asked (written under `workdir`/data/), and reads the label names. Dev
+    labels must be training labels, or `known_labels` when given (a distillation teacher's:
+    its head predicts those, whatever the training subset holds)."""
     out = os.path.join(workdir, "data")
     os.makedirs(out, exist_ok=True)
     kept = {}
@@ -76,7 +78,7 @@ class Task:
         self._write_subset(path, examples, subset)
         path = subset
       kept[split] = (path, examples)
-    return self._labels(kept, original_dev=dev)
+    return self._labels(kept, original_dev=dev, known=known_labels)
 
   _unit = "examples"
   _subset_extension = "txt"
@@ -87,7 +89,7 @@ class Task:
   def _write_subset(self, path: str, examples: list, subset: str) -> None:
     raise NotImplementedError
 
-  def _labels(self, kept: dict, original_dev: str) -> PreparedFiles:
+  def _labels(self, kept: dict, original_dev: str, known=None) -> PreparedFiles:
     return PreparedFiles(kept["train"][0], kept["dev"][0], None, [])
 
   def count(self, path: str) -> int:
@@ -186,7 +188,7 @@ class ClassifyTask(Task):
   def _write_subset(self, path, examples, subset):
     classify.write_rows(subset, examples[0][2].columns, [row for _, row, _ in examples])
 
-  def _labels(self, kept, original_dev):
+  def _labels(self, kept, original_dev, known=None):
     def labels(split):
       examples = kept[split][1]
       column = examples[0][2].columns.index("label")
@@ -200,7 +202,7 @@ class ClassifyTask(Task):
           if not _is_number(value):
             raise FlaxbertError(f"{table.path}:{number}: label {value!r} is not a number")
       return PreparedFiles(kept["train"][0], kept["dev"][0], None, train_labels)
-    check_dev_labels(original_dev, dev, train_labels, "label")
+    check_dev_labels(original_dev, dev, known or train_labels, "label")
     return PreparedFiles(kept["train"][0], kept["dev"][0], sorted(set(train_labels)),
                          train_labels)
 
@@ -274,10 +276,10 @@ class NerTask(Task):
         f.write("\n".join(sentence.lines) + "\n\n")
     os.replace(subset + ".partial", subset)
 
-  def _labels(self, kept, original_dev):
+  def _labels(self, kept, original_dev, known=None):
     tags = {t for s in kept["train"][1] for t in s.tags}
     check_dev_labels(original_dev, ((s.number + offset, tag) for s in kept["dev"][1]
-                                    for offset, tag in enumerate(s.tags)), tags, "tag")
+                                    for offset, tag in enumerate(s.tags)), known or tags, "tag")
     labels = sorted(tags, key=lambda t: (t != "O", t))   # "O" first: label 0 is outside
     return PreparedFiles(kept["train"][0], kept["dev"][0], labels, [])
 
@@ -319,7 +321,7 @@ class QaTask(Task):
   def _write_subset(self, path, examples, subset):
     squad.write_subset(path, subset, set(examples))
 
-  def _labels(self, kept, original_dev):
+  def _labels(self, kept, original_dev, known=None):
     train, dev = kept["train"][0], kept["dev"][0]
     return PreparedFiles(train, dev, None, [],
                          version_2=squad.version_2(train) or squad.version_2(dev))
