@@ -140,6 +140,16 @@ def _metrics(workdir):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
 
 
+def _unlabeled(directory):
+  """16 texts without labels, one a line: sentiment dev sentences past the dev subset."""
+  path = os.path.join(directory, "unlabeled.txt")
+  with open(os.path.join(SHARED_DATA, "sentiment", "dev.tsv"), encoding="utf-8") as f:
+    lines = f.read().splitlines()[100:116]
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("".join(line.split("\t")[0] + "\n" for line in lines))
+  return path
+
+
 def _distill(teacher, workdir, *extra):
   return ["distill", "--teacher", teacher,
           "--train", os.path.join(SHARED_DATA, "sentiment", "train.tsv"),
@@ -156,17 +166,20 @@ STUDENT = ("--student", "tiny", "--student-layers", "1", "--alpha", "0.9")
 def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_teacher,
                                                                      tmp_path):
   before = snapshot(classify_teacher)
+  student = (*STUDENT, "--unlabeled", _unlabeled(tmp_path))
   reference = str(tmp_path / "reference")
-  rc, out, err = call_cli(*_distill(classify_teacher, reference, *STUDENT))
+  rc, out, err = call_cli(*_distill(classify_teacher, reference, *student))
   assert rc == 0, err[-3000:]
   assert "1-layer student" in out
   rows = _metrics(reference)
-  assert [r["step"] for r in rows] == list(range(1, 13)) and "dev_accuracy" in rows[-1]
+  # 48 labelled + 16 unlabelled examples, 8 a batch, 2 epochs
+  assert [r["step"] for r in rows] == list(range(1, 17)) and "dev_accuracy" in rows[-1]
   kd = [r["kd_loss"] for r in rows]
   assert sum(kd[-3:]) < 0.7 * sum(kd[:3]), kd   # the student learns the teacher's outputs
   results = json.load(open(os.path.join(reference, "results.json")))
   assert (results["task"], results["student_layers"], results["teacher_layers"]) == (
       "classify", 1, 4)
+  assert (results["train_examples"], results["train_features"]) == (48, 64)
   assert snapshot(classify_teacher) == before   # the teacher is only read
   # best/ is a bundle like any other: predict + evaluate give its recorded dev score
   dev = os.path.join(reference, "data", "dev_subset.tsv")
@@ -197,11 +210,11 @@ def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_t
   killer = threading.Thread(target=term_after_step_5, daemon=True)
   killer.start()
   with pytest.raises(SystemExit) as stop:
-    call_cli(*_distill(classify_teacher, stopped, *STUDENT))
+    call_cli(*_distill(classify_teacher, stopped, *student))
   killer.join()
   assert stop.value.code == 143
-  assert len(_metrics(stopped)) < 12
-  rc, _, err = call_cli(*_distill(classify_teacher, stopped, *STUDENT))
+  assert len(_metrics(stopped)) < 16
+  rc, _, err = call_cli(*_distill(classify_teacher, stopped, *student))
   assert rc == 0, err[-3000:]
   assert "resuming from step" in err
   assert _metrics(stopped) == rows
@@ -219,6 +232,9 @@ def test_bad_teacher_or_student_is_one_line(classify_teacher, tiny_hf, tmp_path)
   rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w2"), "--student-layers",
                                   "9"))
   assert rc == 2 and "the teacher has 4 layers" in err, err
+  rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w3"), "--unlabeled",
+                                  str(tmp_path / "absent.txt")))
+  assert rc == 2 and "absent.txt: no such file" in err, err
   assert "Traceback" not in err
 
 

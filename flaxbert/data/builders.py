@@ -194,7 +194,7 @@ class TextClassification(_FlaxbertBuilder):
   """TSV `sentence<TAB>label` or `sentence1<TAB>sentence2<TAB>label`.
 
   Settings: max_seq_length, labels (names; default: sorted labels of the train split),
-  regression (float labels).
+  regression (float labels), unlabeled (source files of texts without labels: label -1).
   """
 
   def __init__(self, **kwargs):
@@ -212,7 +212,8 @@ class TextClassification(_FlaxbertBuilder):
   def _generate_examples(self, split, paths, skips):
     yield from finetuning.classification_examples(
         self.tokenizer, paths, self.settings["max_seq_length"],
-        None if self.settings["regression"] else self.settings["labels"], skips)
+        None if self.settings["regression"] else self.settings["labels"], skips,
+        self.settings.get("unlabeled", ()))
 
 
 class TokenTagging(_FlaxbertBuilder):

@@ -38,13 +38,21 @@ def collect_labels(paths: Sequence[str]) -> list[str]:
 
 
 def classification_examples(tokenizer: Tokenizer, paths: Sequence[str], max_seq_length: int,
-                            labels: Sequence[str] | None, skips: readers.SkipCounter):
-  """`labels=None` means regression: the label column must be a number."""
+                            labels: Sequence[str] | None, skips: readers.SkipCounter,
+                            unlabeled: Sequence[str] = ()):
+  """`labels=None` means regression: the label column must be a number. Files in
+  `unlabeled` (a distillation's transfer set) hold texts without a label column (a sentence,
+  or sentence1<TAB>sentence2, per line): their label is -1, "none" (ClassLabel's)."""
   label_index = {name: i for i, name in enumerate(labels)} if labels is not None else None
   for path in paths:
-    for chunk in _chunks(readers.read_tsv(path, (2, 3))):
-      targets = [_parse_label(path, number, fields[-1], label_index) for number, fields in chunk]
-      pairs = len(chunk[0][1]) == 3
+    labelled = path not in unlabeled
+    for chunk in _chunks(readers.read_tsv(path, (2, 3) if labelled else (1, 2))):
+      if labelled:
+        targets = [_parse_label(path, number, fields[-1], label_index)
+                   for number, fields in chunk]
+      else:
+        targets = [-1] * len(chunk)
+      pairs = len(chunk[0][1]) == (3 if labelled else 2)
       rows = tokenizer.encode_inputs(
           [(fields[0], fields[1] if pairs else None) for _, fields in chunk], max_seq_length,
           on_cut=lambda i: skips.skip("rows cut to max_seq_length", f"{path}:{chunk[i][0]}"))

@@ -303,6 +303,10 @@ class DistillConfig(FinetuneConfig):
   temperature: float = setting(2.0, help="softmax temperature T of the KD term")
   alpha: float = setting(0.5, help="weight of the KD term, T^2 KL(teacher_T || student_T); "
                          "1 - alpha weighs the cross-entropy on the hard labels")
+  unlabeled: tuple[str, ...] = setting(
+      (), metavar="FILE", help="more texts for the transfer set, without labels (classify: a "
+      "sentence, or sentence1<TAB>sentence2, per line): the student learns the teacher's "
+      "outputs on them (KD term only)")
 
 
 @dataclasses.dataclass(frozen=True)

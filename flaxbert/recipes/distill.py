@@ -5,6 +5,8 @@ What it declares, the mechanism being the fine-tune's (recipes/finetune.py `trai
 - the teacher: a classify (or regression), NER or QA bundle, loaded once; its parameters go
   onto the mesh, sharded as a trained model's would be, and enter every step as a frozen
   input (not trained, not in the optimizer state, not donated, not checkpointed);
+- the transfer set: the training file, and `--unlabeled` texts (classify) whose examples
+  have no label (-1): they add to the KD term only;
 - the student (bundle/student.py): N evenly spaced layers of the teacher, a preset or
   config, or a bundle; `--set` changes how it computes, as in fine-tuning;
 - the loss (training/objectives.py `distillation`): alpha * T^2 * KL(teacher_T ||
@@ -58,6 +60,9 @@ def _check(cfg: DistillConfig, mesh) -> None:
     raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
   if cfg.student_layers is not None and cfg.student_layers < 1:
     raise FlaxbertError("--student-layers must be positive")
+  if cfg.unlabeled and cfg.task_name != "classify":
+    raise FlaxbertError(f"--unlabeled: only classify teachers take unlabeled texts so far, "
+                        f"not {cfg.task_name}")
 
 
 def distill(cfg: DistillConfig) -> dict:
@@ -91,7 +96,9 @@ def _distill(run: Run) -> dict:
       objective=lambda model: objectives.distillation(model, teacher.model, cfg.head,
                                                       cfg.temperature, cfg.alpha),
       frozen=frozen, known_labels=teacher.labels,
+      unlabeled=tuple(os.path.abspath(path) for path in cfg.unlabeled),
       more_results={"teacher": os.path.abspath(cfg.init),
                     "teacher_layers": teacher.config.num_layers,
                     "student": cfg.student, "student_layers": student.config.num_layers,
-                    "temperature": cfg.temperature, "alpha": cfg.alpha})
+                    "temperature": cfg.temperature, "alpha": cfg.alpha,
+                    "unlabeled_files": list(cfg.unlabeled)})

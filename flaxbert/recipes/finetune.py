@@ -121,12 +121,13 @@ def _finetune(run: Run) -> dict:
 def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bundle], *,
                tokenizer_from: str, objective: Callable[[Any], Objective],
                frozen: Callable[[], tuple] = tuple, known_labels: list[str] | None = None,
-               more_results: dict | None = None) -> dict:
+               unlabeled: tuple[str, ...] = (), more_results: dict | None = None) -> dict:
   """A run that trains a bundle on a task's files, the fine-tune's skeleton (module
   docstring): `make_bundle(labels of the training file)` gives the model to train, its labels
   the ones the data and the dev scores use; `objective(model)` its loss; `frozen()` the
   further inputs of every step (a distillation teacher's parameters, on the mesh);
-  `known_labels` the labels dev files may hold (default: the training file's);
+  `known_labels` the labels dev files may hold (default: the training file's); `unlabeled`
+  files of texts trained on beside the training file (classify; their label is -1);
   `more_results` more entries of results.json."""
   cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
   task = registry.get(cfg.task, cfg.regression)
@@ -148,9 +149,12 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
   tokenizer_dir = run.tokenizer(copy_from=tokenizer_from)
   run.record(model="bert", head=cfg.head, num_labels=getattr(bundle.model, "num_labels", None),
              labels=labels, model_config=bundle.config.to_dict())
+  data_settings = task.data_settings(labels, settings)
+  if unlabeled:
+    data_settings["unlabeled"] = list(unlabeled)
   data = run.prepare(lambda: finetune_data(
-      task.data, {"train": train_path}, tokenizer_dir, run.path("data", "prepared"),
-      max_seq_length=cfg.max_seq_length, **task.data_settings(labels, settings)), "data")
+      task.data, {"train": [train_path, *unlabeled]}, tokenizer_dir,
+      run.path("data", "prepared"), max_seq_length=cfg.max_seq_length, **data_settings), "data")
   n_train = data.num_examples("train")
   steps_per_epoch = max(1, n_train // cfg.batch_size)
   total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
