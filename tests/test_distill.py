@@ -74,6 +74,16 @@ def test_student_takes_the_chosen_layers_embeddings_and_head(classify_teacher):
   assert fresh.config.vocab_size == teacher.config.vocab_size
 
 
+def test_student_of_another_checkpoint_gets_the_teachers_head(classify_teacher, tiny_hf):
+  teacher = bundle_lib.load(classify_teacher)
+  student = student_lib.build_student(teacher, tiny_hf, None)   # same vocabulary, 2 x 96
+  assert (student.config.num_layers, student.config.hidden_size) == (2, 96)
+  assert student.head == "classification" and student.model.num_labels == 3
+  assert student.labels == teacher.labels
+  with pytest.raises(FlaxbertError, match="a student bundle keeps its own layers"):
+    student_lib.build_student(teacher, tiny_hf, 1)
+
+
 def _softmax(x):
   e = np.exp(x - x.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
@@ -238,35 +248,32 @@ def test_bad_teacher_or_student_is_one_line(classify_teacher, tiny_hf, tmp_path)
   assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("task", ["ner", "qa"])
-def test_ner_and_qa_teachers_distil_into_a_task_bundle(classify_teacher, task, tmp_path):
-  """The token and span heads through the same run: a few steps, dev scores, and a best/
-  bundle of the teacher's head and labels (their losses are checked against numpy above)."""
+def test_ner_teacher_distils_into_a_tagging_bundle(classify_teacher, tmp_path):
+  """The token head through the same run: a few steps, dev scores (dev tags the 16 training
+  sentences lack are the teacher's), and a best/ bundle of the teacher's head and labels.
+  The span head's loss is checked against numpy above; a qa run is left out for the suite's
+  time (it runs the same way: `flaxbert distill --teacher QA_BUNDLE`)."""
+  tags = ["O", "B-company", "B-facility", "B-geo-loc", "B-movie", "B-musicartist", "B-other",
+          "B-person", "B-product", "B-sportsteam", "B-tvshow", "I-company", "I-facility",
+          "I-geo-loc", "I-movie", "I-musicartist", "I-other", "I-person", "I-product",
+          "I-sportsteam", "I-tvshow"]
   hf = os.path.join(os.path.dirname(classify_teacher), "hf")
-  if task == "ner":
-    tags = ["O", "B-company", "B-facility", "B-geo-loc", "B-movie", "B-musicartist",
-            "B-other", "B-person", "B-product", "B-sportsteam", "B-tvshow", "I-company",
-            "I-facility", "I-geo-loc", "I-movie", "I-musicartist", "I-other", "I-person",
-            "I-product", "I-sportsteam", "I-tvshow"]
-    teacher = bundle_lib.load(hf, head="tagging", num_labels=len(tags), labels=tags)
-    teacher.labels = tags
-    files = ("ner", "train.conll", "dev.conll")
-  else:
-    teacher = bundle_lib.load(hf, head="span_qa")
-    files = ("qa", "train.json", "dev.json")
+  teacher = bundle_lib.load(hf, head="tagging", num_labels=len(tags), labels=tags)
+  teacher.labels = tags
   path = str(tmp_path / "teacher")
   bundle_lib.replace(path, teacher)
   workdir = str(tmp_path / "w")
   rc, out, err = call_cli(
-      "distill", "--teacher", path, "--train", os.path.join(SHARED_DATA, files[0], files[1]),
-      "--dev", os.path.join(SHARED_DATA, files[0], files[2]), "--workdir", workdir,
-      "--max-train-examples", "16", "--max-dev-examples", "8", "--max-length", "64",
+      "distill", "--teacher", path, "--train", os.path.join(SHARED_DATA, "ner", "train.conll"),
+      "--dev", os.path.join(SHARED_DATA, "ner", "dev.conll"), "--workdir", workdir,
+      "--max-train-examples", "16", "--max-dev-examples", "8", "--max-length", "32",
       "--batch-size", "8", "--max-steps", "2", "--student-layers", "1", "--quiet")
   assert rc == 0, err[-3000:]
   results = json.load(open(os.path.join(workdir, "results.json")))
-  assert results["task"] == task and results["student_layers"] == 1
+  assert results["task"] == "ner" and results["student_layers"] == 1
+  assert "dev_f1" in results["final"]
   rows = _metrics(workdir)
   assert all(np.isfinite(r["kd_loss"]) and r["kd_loss"] >= 0 for r in rows)
   config = json.load(open(os.path.join(workdir, "best", "config.json")))
-  assert config["head"] == teacher.head and config["labels"] == teacher.labels
+  assert config["head"] == "tagging" and config["labels"] == tags
   assert config["config"]["num_layers"] == 1

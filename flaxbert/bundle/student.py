@@ -68,7 +68,9 @@ def fresh(teacher: Bundle, name: str, student_layers: int | None, seed: int) -> 
   if student_layers is not None:
     config = config.replace(num_layers=student_layers)
   model = build_model(config, teacher.head, getattr(teacher.model, "num_labels", None))
-  params = jax.tree.map(np.asarray, init_params(model, jax.random.key(seed)))
+  # One jitted init: an eager one runs many small compilations (seconds on a CPU).
+  params = jax.tree.map(np.asarray, jax.jit(lambda key: init_params(model, key))(
+      jax.random.key(seed)))
   return dataclasses.replace(teacher, model=model, params=params, config=config)
 
 
