@@ -140,6 +140,34 @@ def test_padding_positions_do_not_change_the_losses():
   np.testing.assert_allclose(after, before, rtol=1e-5)
 
 
+def test_packed_rows_give_the_loss_of_their_examples_unpacked():
+  rng = np.random.default_rng(6)
+  # One row holding examples of 4 and 2 tokens (example numbers 1, 2; padding 0), and the same
+  # two examples as rows of their own.
+  segments = jnp.asarray([[1, 1, 1, 1, 2, 2, 0]])
+  student, teacher = ({k: normal(rng, 1, L, 2, 4) for k in ("query", "key", "value")}
+                      for _ in range(2))
+  s_hidden, t_hidden = normal(rng, 2, 1, L, 8), normal(rng, 2, 1, L, 8)
+
+  def unpack(row_Lx):   # the packed row's two examples as rows of their own, padded
+    rows = np.zeros((2,) + row_Lx.shape, np.float32)
+    rows[0, :4], rows[1, :2] = row_Lx[:4], row_Lx[4:6]
+    return jnp.asarray(rows)
+
+  mask = jnp.asarray([[1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
+  relations = dl.MINILM_RELATIONS + ("qq",)
+  packed = dl.minilm_loss(student, teacher, segments, relations, packed=True)
+  unpacked = dl.minilm_loss({k: unpack(v[0]) for k, v in student.items()},
+                            {k: unpack(v[0]) for k, v in teacher.items()}, mask, relations)
+  np.testing.assert_allclose(packed, unpacked, rtol=1e-5)
+  assert not np.isclose(packed, dl.minilm_loss(student, teacher, segments > 0, relations))
+  np.testing.assert_allclose(
+      dl.hidden_state_loss(s_hidden, t_hidden, segments, ((0, 0), (1, 1))),
+      dl.hidden_state_loss(jnp.stack([unpack(h[0]) for h in s_hidden]),
+                           jnp.stack([unpack(h[0]) for h in t_hidden]), mask, ((0, 0), (1, 1))),
+      rtol=1e-5)
+
+
 def test_gradients_reach_the_student_and_projection_never_the_teacher():
   rng = np.random.default_rng(4)
   student, teacher = attention_dict(rng, 2, 4), attention_dict(rng, 2, 6)

@@ -24,9 +24,10 @@ self-attention relations"): then a 384-wide 12-head student learns from a 768-wi
 teacher, or from any head count, as long as R divides both widths. MiniLMv2's own relation set
 is `relations=("qq", "kk", "vv")`.
 
-Masks: `mask_BxL` is the batch's input mask (1 = real token; padding at any position, not
-packed rows). Padding keys get zero probability in every relation; padding queries and tokens
-are left out of every mean. Means run over all valid tokens of the batch (token-weighted), so
+Masks: `mask_BxL` is the batch's input mask (1 = real token, 0 = padding, at any position);
+for packed rows (`packed=True`) each token's example number within its row, as the model takes
+it, and every relation stays within an example. Padding keys get zero probability in every
+relation; padding queries and tokens are left out of every mean. Means run over all valid tokens of the batch (token-weighted), so
 the losses do not depend on how much padding a batch has. Teacher inputs pass through
 `stop_gradient`: no gradient ever reaches the teacher.
 
@@ -58,6 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxbert.errors import FlaxbertError
+from flaxbert.models.attention import pair_mask
 from flaxbert.models.bert import logical
 
 # MiniLM's relations by name: (first, second) of the scaled dot product softmax(a b^T / sqrt(d)).
@@ -111,7 +113,7 @@ def hidden_state_loss(student_KxBxLxD, teacher_JxBxLxE, mask_BxL,
                           f"and the teacher's {teachers} hidden states")
   project = project or (lambda h: h)
   teacher_JxBxLxE = jax.lax.stop_gradient(teacher_JxBxLxE)
-  valid_BxL = mask_BxL.astype(jnp.float32) > 0
+  valid_BxL = mask_BxL > 0     # also right for packed rows' example numbers
   count = jnp.maximum(jnp.sum(valid_BxL), 1) * teacher_JxBxLxE.shape[-1]
   total = 0.0
   for s, t in layer_map:
@@ -137,20 +139,29 @@ def relation_heads_of(x_BxLxNxH, relation_heads: int | None):
   return x_BxLxNxH.reshape(b, length, relation_heads, n * h // relation_heads)
 
 
-def relation_log_probs(a_BxLxNxH, b_BxLxNxH, mask_BxL, relation_heads: int | None = None):
+def key_mask(mask_BxL, packed: bool):
+  """Which keys each query may see, B x 1 x L x T (broadcast over heads): the real tokens, or
+  for packed rows those of the query's own example."""
+  if packed:
+    return pair_mask(mask_BxL)[:, None]
+  return mask_BxL.astype(bool)[:, None, None, :]
+
+
+def relation_log_probs(a_BxLxNxH, b_BxLxNxH, mask_BxL, relation_heads: int | None = None,
+                       packed: bool = False):
   """log softmax(a b^T / sqrt(d)) per (relation) head over valid keys: B x N x L x L."""
   a_BxLxNxH = relation_heads_of(a_BxLxNxH.astype(jnp.float32), relation_heads)
   b_BxLxNxH = relation_heads_of(b_BxLxNxH.astype(jnp.float32), relation_heads)
   logits_BxNxLxT = jnp.einsum("blnh,btnh->bnlt", a_BxLxNxH, b_BxLxNxH) / jnp.sqrt(
       a_BxLxNxH.shape[-1])
-  keys_Bx1x1xT = mask_BxL.astype(bool)[:, None, None, :]
   # The smallest float, not -inf: a masked key's probability is exactly 0 and no inf - inf.
-  logits_BxNxLxT = jnp.where(keys_Bx1x1xT, logits_BxNxLxT, jnp.finfo(jnp.float32).min)
+  logits_BxNxLxT = jnp.where(key_mask(mask_BxL, packed), logits_BxNxLxT,
+                             jnp.finfo(jnp.float32).min)
   return jax.nn.log_softmax(logits_BxNxLxT, axis=-1)
 
 
 def relation_kl(student_a, student_b, teacher_a, teacher_b, mask_BxL,
-                relation_heads: int | None = None):
+                relation_heads: int | None = None, packed: bool = False):
   """1/(N |x|) sum_heads sum_valid_queries KL(R^T || R^S), R = softmax(a b^T / sqrt(d)); all
   inputs B x L x N x H (the teacher's own N and H may differ from the student's only with
   relation_heads)."""
@@ -159,30 +170,32 @@ def relation_kl(student_a, student_b, teacher_a, teacher_b, mask_BxL,
     raise FlaxbertError(f"MiniLM: the teacher has {teacher_a.shape[2]} attention heads and the "
                         f"student {student_a.shape[2]}; give relation_heads (a number that "
                         "divides both widths) to compare regrouped relation heads")
-  teacher_BxNxLxT = relation_log_probs(teacher_a, teacher_b, mask_BxL, relation_heads)
-  student_BxNxLxT = relation_log_probs(student_a, student_b, mask_BxL, relation_heads)
-  keys_Bx1x1xT = mask_BxL.astype(bool)[:, None, None, :]
+  teacher_BxNxLxT = relation_log_probs(teacher_a, teacher_b, mask_BxL, relation_heads, packed)
+  student_BxNxLxT = relation_log_probs(student_a, student_b, mask_BxL, relation_heads, packed)
   terms = jnp.exp(teacher_BxNxLxT) * (teacher_BxNxLxT - student_BxNxLxT)
-  kl_BxNxL = jnp.sum(jnp.where(keys_Bx1x1xT, terms, 0.0), axis=-1)
-  queries_Bx1xL = mask_BxL.astype(jnp.float32)[:, None, :]
+  kl_BxNxL = jnp.sum(jnp.where(key_mask(mask_BxL, packed), terms, 0.0), axis=-1)
+  queries_Bx1xL = (mask_BxL > 0).astype(jnp.float32)[:, None, :]
   heads = teacher_BxNxLxT.shape[1]
   return jnp.sum(kl_BxNxL * queries_Bx1xL) / (heads * jnp.maximum(jnp.sum(queries_Bx1xL), 1))
 
 
 def attention_distribution_loss(student_attention, teacher_attention, mask_BxL,
-                                relation_heads: int | None = None):
+                                relation_heads: int | None = None, packed: bool = False):
   """MiniLM's L_AT; the attention dicts are `sown_distill_outputs`' {"query", "key", ...}."""
-  return minilm_loss(student_attention, teacher_attention, mask_BxL, ("qk",), relation_heads)
+  return minilm_loss(student_attention, teacher_attention, mask_BxL, ("qk",), relation_heads,
+                     packed)
 
 
 def value_relation_loss(student_attention, teacher_attention, mask_BxL,
-                        relation_heads: int | None = None):
+                        relation_heads: int | None = None, packed: bool = False):
   """MiniLM's L_VR."""
-  return minilm_loss(student_attention, teacher_attention, mask_BxL, ("vv",), relation_heads)
+  return minilm_loss(student_attention, teacher_attention, mask_BxL, ("vv",), relation_heads,
+                     packed)
 
 
 def minilm_loss(student_attention, teacher_attention, mask_BxL,
-                relations: Sequence[str] = MINILM_RELATIONS, relation_heads: int | None = None):
+                relations: Sequence[str] = MINILM_RELATIONS, relation_heads: int | None = None,
+                packed: bool = False):
   """The sum of the named relations' KLs: MiniLM's L_AT + L_VR by default, MiniLMv2's
   Q-Q + K-K + V-V with `relations=MINILMV2_RELATIONS`."""
   unknown = [r for r in relations if r not in RELATION_INPUTS]
@@ -194,5 +207,5 @@ def minilm_loss(student_attention, teacher_attention, mask_BxL,
     first, second = RELATION_INPUTS[relation]
     total = total + relation_kl(student_attention[first], student_attention[second],
                                 teacher_attention[first], teacher_attention[second],
-                                mask_BxL, relation_heads)
+                                mask_BxL, relation_heads, packed)
   return total
