@@ -17,6 +17,14 @@ B, L = 3, 7
 LENGTHS = (7, 4, 2)     # valid tokens per row; the rest is padding
 MASK = jnp.asarray(np.arange(L)[None] < np.asarray(LENGTHS)[:, None], jnp.int32)
 
+# The losses compiled whole: a few compilations instead of one per primitive and shape.
+RELATION_OPTIONS = ("relations", "relation_heads", "packed")
+minilm_loss = jax.jit(dl.minilm_loss, static_argnames=RELATION_OPTIONS)
+attention_distribution_loss = jax.jit(dl.attention_distribution_loss,
+                                      static_argnames=RELATION_OPTIONS[1:])
+value_relation_loss = jax.jit(dl.value_relation_loss, static_argnames=RELATION_OPTIONS[1:])
+hidden_state_loss = jax.jit(dl.hidden_state_loss, static_argnames=("layer_map", "project"))
+
 
 def normal(rng, *shape):
   return jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -83,13 +91,13 @@ def test_hidden_state_loss_matches_tinybert_with_a_projection():
   assert jax.tree.map(jnp.shape, nn.meta.unbox(boxed)) == {"kernel": (6, 10), "bias": (10,)}
   params = {"kernel": normal(rng, 6, 10), "bias": normal(rng, 10)}   # non-trivial W and b
   project = lambda h: projection.apply({"params": params}, h)
-  got = dl.hidden_state_loss(student, teacher, MASK, layer_map, project)
+  got = hidden_state_loss(student, teacher, MASK, layer_map, project)
   want = np_hidden_loss(student, teacher, layer_map, params["kernel"], params["bias"])
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # Equal widths: no projection at all, no parameters.
   assert dl.HiddenProjection(6).init(jax.random.key(0), student[0]) == {}
   same_width = normal(rng, 5, B, L, 6)
-  np.testing.assert_allclose(dl.hidden_state_loss(student, same_width, MASK, layer_map),
+  np.testing.assert_allclose(hidden_state_loss(student, same_width, MASK, layer_map),
                              np_hidden_loss(student, same_width, layer_map), rtol=1e-5)
 
 
@@ -97,15 +105,15 @@ def test_hidden_state_loss_matches_tinybert_with_a_projection():
 def test_attention_and_value_relation_losses_match_minilm(relation_heads):
   rng = np.random.default_rng(1)
   student, teacher = attention_dict(rng, 4, 3), attention_dict(rng, 4, 5)
-  at = dl.attention_distribution_loss(student, teacher, MASK, relation_heads)
-  vr = dl.value_relation_loss(student, teacher, MASK, relation_heads)
+  at = attention_distribution_loss(student, teacher, MASK, relation_heads)
+  vr = value_relation_loss(student, teacher, MASK, relation_heads)
   np.testing.assert_allclose(at, np_relation_kl(student["query"], student["key"],
                                                 teacher["query"], teacher["key"],
                                                 relation_heads), rtol=1e-4)
   np.testing.assert_allclose(vr, np_relation_kl(student["value"], student["value"],
                                                 teacher["value"], teacher["value"],
                                                 relation_heads), rtol=1e-4)
-  np.testing.assert_allclose(dl.minilm_loss(student, teacher, MASK, relation_heads=relation_heads),
+  np.testing.assert_allclose(minilm_loss(student, teacher, MASK, relation_heads=relation_heads),
                              at + vr, rtol=1e-5)
   assert at > 0 and vr > 0
 
@@ -114,13 +122,13 @@ def test_relation_heads_bridge_different_head_counts():
   rng = np.random.default_rng(2)
   student, teacher = attention_dict(rng, 2, 6), attention_dict(rng, 4, 6)   # widths 12, 24
   with pytest.raises(FlaxbertError, match="relation_heads"):
-    dl.minilm_loss(student, teacher, MASK)
-  got = dl.minilm_loss(student, teacher, MASK, dl.MINILMV2_RELATIONS, relation_heads=3)
+    minilm_loss(student, teacher, MASK)
+  got = minilm_loss(student, teacher, MASK, dl.MINILMV2_RELATIONS, relation_heads=3)
   want = sum(np_relation_kl(student[a], student[b], teacher[a], teacher[b], 3)
              for a, b in (("query", "query"), ("key", "key"), ("value", "value")))
   np.testing.assert_allclose(got, want, rtol=1e-4)
   with pytest.raises(FlaxbertError, match="does not divide"):
-    dl.minilm_loss(student, teacher, MASK, relation_heads=5)
+    minilm_loss(student, teacher, MASK, relation_heads=5)
 
 
 def test_padding_positions_do_not_change_the_losses():
@@ -129,8 +137,8 @@ def test_padding_positions_do_not_change_the_losses():
   s_hidden, t_hidden = normal(rng, 2, B, L, 8), normal(rng, 3, B, L, 8)
   pad = (MASK == 0)
   scramble = lambda x, axis_pad: jnp.where(axis_pad, 1e3 * normal(rng, *x.shape), x)
-  losses = lambda s, t, sh, th: (dl.minilm_loss(s, t, MASK, dl.MINILMV2_RELATIONS + ("qk",)),
-                                 dl.hidden_state_loss(sh, th, MASK, ((0, 0), (1, 2))))
+  losses = lambda s, t, sh, th: (minilm_loss(s, t, MASK, dl.MINILMV2_RELATIONS + ("qk",)),
+                                 hidden_state_loss(sh, th, MASK, ((0, 0), (1, 2))))
   before = losses(student, teacher, s_hidden, t_hidden)
   pad4 = pad[:, :, None, None]
   after = losses({k: scramble(v, pad4) for k, v in student.items()},
@@ -156,14 +164,14 @@ def test_packed_rows_give_the_loss_of_their_examples_unpacked():
 
   mask = jnp.asarray([[1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
   relations = dl.MINILM_RELATIONS + ("qq",)
-  packed = dl.minilm_loss(student, teacher, segments, relations, packed=True)
-  unpacked = dl.minilm_loss({k: unpack(v[0]) for k, v in student.items()},
+  packed = minilm_loss(student, teacher, segments, relations, packed=True)
+  unpacked = minilm_loss({k: unpack(v[0]) for k, v in student.items()},
                             {k: unpack(v[0]) for k, v in teacher.items()}, mask, relations)
   np.testing.assert_allclose(packed, unpacked, rtol=1e-5)
-  assert not np.isclose(packed, dl.minilm_loss(student, teacher, segments > 0, relations))
+  assert not np.isclose(packed, minilm_loss(student, teacher, segments > 0, relations))
   np.testing.assert_allclose(
-      dl.hidden_state_loss(s_hidden, t_hidden, segments, ((0, 0), (1, 1))),
-      dl.hidden_state_loss(jnp.stack([unpack(h[0]) for h in s_hidden]),
+      hidden_state_loss(s_hidden, t_hidden, segments, ((0, 0), (1, 1))),
+      hidden_state_loss(jnp.stack([unpack(h[0]) for h in s_hidden]),
                            jnp.stack([unpack(h[0]) for h in t_hidden]), mask, ((0, 0), (1, 1))),
       rtol=1e-5)
 
@@ -177,8 +185,8 @@ def test_gradients_reach_the_student_and_projection_never_the_teacher():
 
   def loss(s_att, t_att, sh, th, pp):
     project = lambda h: projection.apply({"params": pp}, h)
-    return (dl.minilm_loss(s_att, t_att, MASK)
-            + dl.hidden_state_loss(sh, th, MASK, dl.uniform_layer_map(1, 2), project))
+    return (minilm_loss(s_att, t_att, MASK)
+            + hidden_state_loss(sh, th, MASK, dl.uniform_layer_map(1, 2), project))
 
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(student, teacher, s_hidden,
                                                            t_hidden, p_params)
@@ -251,8 +259,8 @@ def test_same_model_gives_zero_loss_and_gradients_reach_the_student_model(classi
   def loss(model, params, teacher_params):
     t_hidden, t_attention = sown(teacher, teacher_params)
     hidden, attention = sown(model, params)
-    return (dl.minilm_loss(attention, t_attention, MASK, dl.MINILM_RELATIONS + ("qq", "kk"))
-            + dl.hidden_state_loss(hidden, t_hidden, MASK, dl.uniform_layer_map(2, 2)))
+    return (minilm_loss(attention, t_attention, MASK, dl.MINILM_RELATIONS + ("qq", "kk"))
+            + hidden_state_loss(hidden, t_hidden, MASK, dl.uniform_layer_map(2, 2)))
 
   loss_and_grad = jax.jit(jax.value_and_grad(lambda p, t: loss(teacher, p, t)))
   same, _ = loss_and_grad(t_params, t_params)
