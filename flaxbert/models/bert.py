@@ -24,6 +24,7 @@ from flaxbert.models import attention as attention_lib
 from flaxbert.models.config import BertConfig
 
 constrain = nn.with_logical_constraint
+QKV_NAMES = ("query", "key", "value")   # the sown last-layer self-attention inputs
 
 
 def normal_init(config: BertConfig):
@@ -268,9 +269,6 @@ class BertModel(nn.Module):
 
   def word_table(self):
     return self.embeddings.word_table()
-
-
-QKV_NAMES = ("query", "key", "value")
 
 
 def sown_distill_outputs(intermediates):
