@@ -5,6 +5,11 @@ post-LN Transformer layers (fused QKV self-attention, exact-erf GELU feed-forwar
 pooler on [CLS]. Parameters are float32 and carry logical axis names; activations are pinned
 with logical constraints at block boundaries, so one rules list (flaxbert/sharding.py) shards both.
 Compute runs in `config.dtype`; LayerNorm statistics and softmax stay float32.
+
+Distillation hook: applied with the "intermediates" collection mutable
+(`model.apply(variables, ..., mutable=["intermediates"])`), `BertModel` also sows every hidden
+state and the last layer's self-attention query, key and value, which `sown_distill_outputs`
+reads back. Otherwise nothing is sown and the computation is the usual one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from flaxbert.models import attention as attention_lib
 from flaxbert.models.config import BertConfig
 
 constrain = nn.with_logical_constraint
+QKV_NAMES = ("query", "key", "value")   # the sown last-layer self-attention inputs
 
 
 def normal_init(config: BertConfig):
@@ -114,7 +120,9 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD, mask, deterministic: bool):
-    """mask: B x L key mask (1 = real token), or B x L x L for packed rows."""
+    """mask: B x L key mask (1 = real token), or B x L x L for packed rows. Returns the
+    block's output and its fused query/key/value, B x L x 3 x N x H (unused, so compiled away,
+    unless a caller keeps it)."""
     cfg = self.config
     n, h = cfg.num_heads, cfg.head_dim
     # One fused projection for query, key and value: a single larger matmul.
@@ -127,22 +135,27 @@ class SelfAttention(nn.Module):
         mask_BxLxT=mask if mask.ndim == 3 else None, deterministic=deterministic)
     out_BxLxNxH = constrain(out_BxLxNxH, ("batch", "length", "heads", "kv"))
     return dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out",
-                 axis=(-2, -1))(out_BxLxNxH)
+                 axis=(-2, -1))(out_BxLxNxH), qkv_BxLx3xNxH
 
 
 class EncoderLayer(nn.Module):
   """Post-LN block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x))).
 
   `collect`: also emit the block's output as the scan's per-layer output (stacked by
-  `Encoder`); off by default, so the usual path stacks nothing."""
+  `Encoder`); `keep_qkv`: the carry is (x, qkv) and each block overwrites qkv with its own
+  query/key/value, so after the scan it holds the last layer's (one layer's worth of memory,
+  not a stack). Both off by default, so the usual path carries and stacks nothing."""
 
   config: BertConfig
   collect: bool = False
+  keep_qkv: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+  def __call__(self, carry, mask_BxL, deterministic: bool):
     cfg = self.config
-    attn_BxLxD = SelfAttention(cfg, name="attention")(x_BxLxD, mask_BxL, deterministic)
+    x_BxLxD = carry[0] if self.keep_qkv else carry
+    attn_BxLxD, qkv_BxLx3xNxH = SelfAttention(cfg, name="attention")(x_BxLxD, mask_BxL,
+                                                                       deterministic)
     attn_BxLxD = nn.Dropout(cfg.hidden_dropout)(attn_BxLxD, deterministic=deterministic)
     x_BxLxD = layer_norm(cfg, "attention_norm")(x_BxLxD + attn_BxLxD)
     h_BxLxF = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxD)
@@ -151,20 +164,23 @@ class EncoderLayer(nn.Module):
     h_BxLxD = nn.Dropout(cfg.hidden_dropout)(h_BxLxD, deterministic=deterministic)
     x_BxLxD = layer_norm(cfg, "output_norm")(x_BxLxD + h_BxLxD)
     x_BxLxD = constrain(x_BxLxD.astype(cfg.dtype), ("batch", "length", "embed"))
-    return x_BxLxD, (x_BxLxD if self.collect else None)
+    carry = (x_BxLxD, qkv_BxLx3xNxH) if self.keep_qkv else x_BxLxD
+    return carry, (x_BxLxD if self.collect else None)
 
 
 class Encoder(nn.Module):
   """`num_layers` EncoderLayers under `nn.scan`: one compiled body, parameters stacked on a
   leading 'layers' axis, optional rematerialisation of each layer.
 
-  Returns the last layer's output, or with `all_layers` (last, every layer's output
-  num_layers x B x L x D)."""
+  Returns the last layer's output; with `all_layers` or `last_qkv`, (last, every layer's output
+  num_layers x B x L x D or None, the last layer's query/key/value B x L x 3 x N x H or None).
+  """
 
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool, all_layers: bool = False):
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool, all_layers: bool = False,
+               last_qkv: bool = False):
     cfg = self.config
     layer = EncoderLayer
     if cfg.remat:
@@ -173,9 +189,16 @@ class Encoder(nn.Module):
                     split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BxLxD, layers_NxBxLxD = stack(cfg, all_layers, name="layers")(x_BxLxD, mask_BxL,
-                                                                    deterministic)
-    return (x_BxLxD, layers_NxBxLxD) if all_layers else x_BxLxD
+    carry = x_BxLxD
+    if last_qkv:
+      carry = (x_BxLxD, jnp.zeros(x_BxLxD.shape[:2] + (3, cfg.num_heads, cfg.head_dim),
+                                  cfg.dtype))
+    carry, layers_NxBxLxD = stack(cfg, all_layers, last_qkv, name="layers")(carry, mask_BxL,
+                                                                            deterministic)
+    if not (all_layers or last_qkv):
+      return carry
+    x_BxLxD, qkv_BxLx3xNxH = carry if last_qkv else (carry, None)
+    return x_BxLxD, layers_NxBxLxD, qkv_BxLx3xNxH
 
 
 class Pooler(nn.Module):
@@ -222,13 +245,36 @@ class BertModel(nn.Module):
                                           input_ids_BxL.shape)
     x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, position_ids_BxL, deterministic)
     mask = attention_lib.pair_mask(input_mask_BxL) if packed else input_mask_BxL
-    if not all_layers:
+    # A trace-time decision: only a caller that asks for the sown outputs gets the extra work.
+    distill = self.is_mutable_collection("intermediates") and not self.is_initializing()
+    if not (all_layers or distill):
       x_BxLxD = self.encoder(x_BxLxD, mask, deterministic)
       return x_BxLxD, self.pooler(x_BxLxD, cls_positions_BxE)
     embedded_BxLxD = x_BxLxD   # K = num_layers + 1 hidden states: this, then each layer's
-    x_BxLxD, layers_NxBxLxD = self.encoder(x_BxLxD, mask, deterministic, all_layers=True)
+    x_BxLxD, layers_NxBxLxD, qkv_BxLx3xNxH = self.encoder(x_BxLxD, mask, deterministic,
+                                                          all_layers=True, last_qkv=distill)
     hidden_KxBxLxD = jnp.concatenate([embedded_BxLxD[None], layers_NxBxLxD])
-    return x_BxLxD, self.pooler(x_BxLxD, cls_positions_BxE), hidden_KxBxLxD
+    if distill:
+      self._sow_distill_outputs(hidden_KxBxLxD, qkv_BxLx3xNxH)
+    pooled = self.pooler(x_BxLxD, cls_positions_BxE)
+    return (x_BxLxD, pooled, hidden_KxBxLxD) if all_layers else (x_BxLxD, pooled)
+
+  def _sow_distill_outputs(self, hidden_KxBxLxD, qkv_BxLx3xNxH):
+    keep_last = dict(init_fn=lambda: None, reduce_fn=lambda _, new: new)
+    self.sow("intermediates", "hidden_states",
+             constrain(hidden_KxBxLxD, ("layers", "batch", "length", "embed")), **keep_last)
+    qkv_BxLx3xNxH = constrain(qkv_BxLx3xNxH, ("batch", "length", None, "heads", "kv"))
+    self.sow("intermediates", "last_attention",
+             {name: qkv_BxLx3xNxH[:, :, i] for i, name in enumerate(QKV_NAMES)}, **keep_last)
 
   def word_table(self):
     return self.embeddings.word_table()
+
+
+def sown_distill_outputs(intermediates):
+  """(hidden states (num_layers + 1) x B x L x D, {"query", "key", "value"}: the last layer's
+  self-attention inputs, each B x L x N x H), both in compute dtype, from the "intermediates"
+  collection of a model applied with it mutable. Every head model keeps its encoder under
+  "bert"; a bare `BertModel` applied directly sows at the top level."""
+  sown = intermediates.get("bert", intermediates)
+  return sown["hidden_states"], sown["last_attention"]
