@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 
 def run_serve(args) -> None:
+  from flaxbert.serve.app import ServeOptions
   from flaxbert.serve.server import serve
-  serve(args.model, args.host, args.port, int8=args.int8, backend=args.backend,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
-        max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
-        max_length=args.max_length, reject_long=args.reject_long, top_k=args.top_k)
+  # Every ServeOptions field is the option of the same name below.
+  options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)}
+  serve(args.model, args.host, args.port, int8=args.int8, backend=args.backend, **options)
 
 
 def register(sub) -> None:

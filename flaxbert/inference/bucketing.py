@@ -60,9 +60,11 @@ class CompiledCache:
   def shapes(self) -> list:
     return list(self._compiled)
 
-  def __call__(self, batch: dict):
-    key = tuple(sorted((name, tuple(np.shape(x)), str(np.asarray(x).dtype))
-                       for name, x in batch.items()))
+  def __call__(self, batch):
+    """`batch`: a dict of arrays, or any pytree of them (compiled once per its structure,
+    shapes and dtypes)."""
+    leaves, structure = jax.tree.flatten(batch)
+    key = (structure, tuple((tuple(np.shape(x)), str(np.asarray(x).dtype)) for x in leaves))
     compiled = self._compiled.get(key)
     if compiled is None:
       compiled = self._compiled[key] = self._jitted.lower(*self._args, batch).compile()

@@ -66,13 +66,18 @@ def make_fill_fn(bundle: Bundle, masks: int, top_k: int):
     positions_BxP = jnp.argsort(ids_BxL != mask_id, axis=1, stable=True)[:, :masks]
     out = model.apply(variables, ids_BxL, batch["segment_ids"], batch["input_mask"],
                       masked_positions=positions_BxP)
-    probs_BxPxV = jax.nn.softmax(out["mlm_logits"].astype(jnp.float32), axis=-1)
-    # Softmax over every output (as transformers); candidates only among real tokens, when
-    # the model's vocabulary is padded beyond the tokenizer's.
-    scores_BxPxK, ids_BxPxK = jax.lax.top_k(probs_BxPxV[..., :vocab], top_k)
-    return {"scores": scores_BxPxK, "token_ids": ids_BxPxK}
+    return top_candidates(out["mlm_logits"], vocab, top_k)
 
   return run
+
+
+def top_candidates(mlm_logits, vocab_size: int, top_k: int) -> dict:
+  """{"scores", "token_ids"} (... x k): the `top_k` most likely tokens of MLM logits
+  (... x V). Softmax over every output (as transformers); candidates only among the
+  tokenizer's `vocab_size` tokens, when the model's vocabulary is padded beyond them."""
+  probs = jax.nn.softmax(mlm_logits.astype(jnp.float32), axis=-1)
+  scores, ids = jax.lax.top_k(probs[..., :vocab_size], top_k)
+  return {"scores": scores, "token_ids": ids}
 
 
 def fill_mask(bundle, texts, top_k: int = 5, *, batch_size: int = 32,

@@ -279,4 +279,4 @@ def _recorded_dev_scores(metrics_file: str) -> dict:
 
 def _settings_file(settings) -> dict:
   """The task settings `flaxbert predict` reads from a fine-tuned bundle."""
-  return {predict_lib.SETTINGS_FILE: dataclasses.asdict(settings)}
+  return {bundle_lib.SETTINGS_FILE: dataclasses.asdict(settings)}

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.errors import FlaxbertError
@@ -116,12 +114,9 @@ class FillMaskAnswers:
     self.tokenizer, self.max_length, self.top_k = tokenizer, max_length, top_k
 
   def device(self, outputs: dict, batch: dict) -> dict:
-    # As fill_mask.make_fill_fn: softmax over every output, candidates among the
-    # tokenizer's tokens; here at every position (no recompile per number of masks).
-    probs_BxSxV = jax.nn.softmax(outputs["mlm_logits"].astype(jnp.float32), axis=-1)
-    scores_BxSxK, ids_BxSxK = jax.lax.top_k(probs_BxSxV[..., :self.tokenizer.vocab_size],
-                                            self.top_k)
-    return {"scores": scores_BxSxK, "token_ids": ids_BxSxK}
+    # fill-mask's candidates at every position (no recompile per number of masks).
+    return fill_mask.top_candidates(outputs["mlm_logits"], self.tokenizer.vocab_size,
+                                    self.top_k)
 
   def prepare(self, items: list) -> tuple[list[dict], Finish]:
     _check_texts(items)

@@ -42,7 +42,6 @@ from flaxbert.serve.model_source import open_model
 
 access_log = logging.getLogger("flaxbert.access")
 RETRY_AFTER_SECONDS = "1"
-_OUT = "out:"   # onnxruntime's outputs among a batch's arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,30 +95,25 @@ class Serving:
                           f"{model.max_length} positions")
     self.answers = answers_for(model.manifest, model.tokenizer, self.max_length, options.top_k)
     self.backend = "onnx" if isinstance(model, OnnxServingModel) else "xla"
-    answers, call = self.answers, model.exported.call
-
-    def run(params, batch):
-      outputs = call(params, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
-      return answers.device(outputs, batch)
-
-    def answer(merged):
-      """The on-device part of the answers over onnxruntime's outputs ("out:NAME")."""
-      outputs = {k[len(_OUT):]: v for k, v in merged.items() if k.startswith(_OUT)}
-      return answers.device(outputs, {k: v for k, v in merged.items()
-                                      if not k.startswith(_OUT)})
-
+    answers = self.answers
     self.buckets = bucketing.default_buckets(self.max_length)
     self.metrics = ServeMetrics(batch_sizes(options.max_batch_size))
     if self.backend == "onnx":
       # onnxruntime computes the outputs (the parameters are inside model.onnx); the answers'
       # on-device part (softmax, pooling, top-k) still compiles once per shape.
-      self.compiled = bucketing.CompiledCache(answer)
+      self.compiled = bucketing.CompiledCache(lambda both: answers.device(*both))
       infer = model.onnx_outputs
 
       def run_batch(batch):
         outputs = infer(batch["input_ids"], batch["segment_ids"], batch["input_mask"])
-        return self.compiled({**batch, **{_OUT + k: v for k, v in outputs.items()}})
+        return self.compiled((outputs, batch))
     else:
+      call = model.exported.call
+
+      def run(params, batch):
+        outputs = call(params, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
+        return answers.device(outputs, batch)
+
       self.compiled = run_batch = bucketing.CompiledCache(run, model.params)
     self.metrics.compiled_shapes.set_function(lambda: len(self.compiled.shapes))
     self.batcher = Batcher(run_batch, buckets=self.buckets,

@@ -11,10 +11,8 @@ import dataclasses
 import os
 
 from flaxbert import bundle as bundle_lib
-from flaxbert.bundle import SETTINGS_FILE
 from flaxbert import sharding as mesh_lib
 from flaxbert.errors import FlaxbertError
-from flaxbert.jsonfile import read_json
 from flaxbert.tasks import registry
 
 
@@ -34,13 +32,6 @@ class TaskSettings:
   alpha: float = 0.6             # seq2seq: length penalty exponent
 
   @classmethod
-  def of_bundle(cls, path: str, **overrides) -> "TaskSettings":
-    stored = {}
-    if os.path.isfile(os.path.join(path, SETTINGS_FILE)):
-      stored = read_json(os.path.join(path, SETTINGS_FILE))
-    return cls.of_dict(stored, **overrides)
-
-  @classmethod
   def of_dict(cls, stored: dict | None, **overrides) -> "TaskSettings":
     """Stored settings (a finetune.json's, or a serving export's copy of them) under
     `overrides` (None keeps the stored value); unknown keys are ignored."""
@@ -54,8 +45,8 @@ def load_for_task(bundle_path: str, task: str, **overrides):
   bundle: its finetune.json settings under `overrides` (None keeps the bundle's own), checked
   by the task's `for_bundle`. `flaxbert predict` and flaxbert.pipeline both start here."""
   wanted = registry.get(task)
-  bundle = bundle_lib.load(bundle_path)
-  settings = TaskSettings.of_bundle(bundle_path, task=task, **overrides)
+  bundle = bundle_lib.load(bundle_path)   # its finetune.json read as bundle.task_settings
+  settings = TaskSettings.of_dict(bundle.task_settings, task=task, **overrides)
   served = wanted.for_bundle(bundle, bundle_path, settings)
   settings = dataclasses.replace(settings, task=served.name,
                                  regression=served.head == "regression")
