@@ -91,6 +91,9 @@ def _distill_mlm(run: Run) -> dict:
   student = finetune_lib.with_overrides(
       student_lib.build_mlm_student(teacher, cfg.student, cfg.student_layers, cfg.seed),
       cfg.overrides)
+  if cfg.seq_len > student.config.max_position_embeddings:
+    raise FlaxbertError(f"--max-length {cfg.seq_len} exceeds the student's "
+                        f"{student.config.max_position_embeddings} positions")
   run.record(model="bert", head="pretraining", model_config=student.config.to_dict(),
              teacher=os.path.abspath(cfg.init), teacher_layers=teacher.config.num_layers)
   teacher_params = place_params(teacher.model, teacher.params, run.mesh,
