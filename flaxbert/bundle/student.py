@@ -132,13 +132,17 @@ def build_student(teacher: Bundle, student: str | None, student_layers: int | No
 
 # --- general (MLM) distillation -------------------------------------------------------------
 
-def has_mlm_head(path: str) -> bool:
+def has_mlm_head(path: str) -> bool | None:
   """Whether the bundle or HF checkpoint at `path` says it has an MLM head (its config.json:
-  a flaxbert bundle's head, an HF checkpoint's architectures)."""
+  a flaxbert bundle's head, an HF checkpoint's architectures); None when it does not say (an
+  HF config without architectures: its weights tell, once loaded)."""
   meta = read_json(os.path.join(path, "config.json"))
   if meta.get("format") == FORMAT:
     return meta.get("head") == "pretraining"
-  return any(arch in MLM_ARCHITECTURES for arch in meta.get("architectures") or ())
+  architectures = meta.get("architectures")
+  if not architectures:
+    return None
+  return any(arch in MLM_ARCHITECTURES for arch in architectures)
 
 
 def _get(tree, path):

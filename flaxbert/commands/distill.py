@@ -65,6 +65,10 @@ def run_mlm(args) -> None:
     print(f"general distillation done: {last['student_layers']}-layer student of a "
           f"{last['teacher_layers']}-layer teacher, held-out {shown}; bundle in "
           f"{cfg.workdir}/bundle")
+    example = last.get("fill_mask")
+    if example:
+      from flaxbert.commands.pretrain import shown_fill_mask
+      print(shown_fill_mask(example))
 
 
 def register(sub, argv=()) -> None:

@@ -48,7 +48,7 @@ def check_teacher(path: str) -> None:
   """A teacher with an MLM head, from its config.json alone (before anything is written)."""
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise FlaxbertError(f"--teacher {path}: no such bundle or checkpoint (no config.json)")
-  if not student_lib.has_mlm_head(path):
+  if student_lib.has_mlm_head(path) is False:
     meta = read_json(os.path.join(path, "config.json"))
     what = meta.get("head") or ", ".join(meta.get("architectures") or ()) or "headless"
     raise FlaxbertError(f"--teacher {path}: a {what} model without an MLM head; --objective "
