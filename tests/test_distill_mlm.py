@@ -3,6 +3,7 @@ formula in numpy, and a run end to end on a tiny confident MLM teacher: the KD l
 student takes the teacher's embeddings and heads, its bundle fills masks and embeds, and a
 teacher without an MLM head is one line."""
 
+import dataclasses
 import json
 import os
 
@@ -108,8 +109,8 @@ def test_a_fresh_student_takes_the_teachers_embeddings_and_heads_where_shapes_al
   taken, names = student_lib.with_teacher_groups(bundle(4), bundle(8), groups)
   assert names == []   # other widths: the student keeps its own
   assert taken.params["mlm"]["bias"][0] == 4
-  taken, names = student_lib.with_teacher_groups(bundle(4), bundle(4).__class__(
-      None, jax.tree.map(lambda x: x + 1, bundle(4).params), None, None, "pretraining"), groups)
+  teacher = dataclasses.replace(bundle(4), params=jax.tree.map(lambda x: x + 1, bundle(4).params))
+  taken, names = student_lib.with_teacher_groups(bundle(4), teacher, groups)
   assert names == ["bert/embeddings", "mlm", "nsp"]
   assert taken.params["bert"]["embeddings"]["word"][0, 0] == 5
   assert taken.params["bert"]["encoder"]["w"][0, 0] == 4   # the encoder stays the student's
