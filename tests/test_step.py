@@ -83,3 +83,26 @@ def test_accumulation_equals_the_large_batch(make):
   np.testing.assert_allclose(runs[4][0], runs[1][0], rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[4][1])):
     np.testing.assert_allclose(a, b, atol=3e-6)
+
+
+def test_a_run_from_parameters_starts_from_the_state_random_init_would_give_with_them():
+  """train_state_of_params (a fine-tune's or distillation's start, without compiling the
+  random initialisation) equals create_train_state's state with the parameters and a fresh
+  optimizer state put in: the same step, RNG, parameters, moments and shardings."""
+  from flaxbert.training.state import train_state_of_params
+  model = build_model(BertConfig(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2,
+                                 intermediate_size=32, max_position_embeddings=16),
+                      "classification", 3)
+  tx = optim.make_optimizer(optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=1,
+                                                  total_steps=4))
+  mesh = sharding.make_mesh(None)
+  random, shardings = create_train_state(model, tx, mesh, 7, dummy_inputs())
+  params = jax.tree.map(lambda x: np.asarray(x) + 1.0, random.params)
+  state, placed_shardings = train_state_of_params(model, tx, mesh, 7, dummy_inputs(), params)
+  want = random.replace(params=params, opt_state=jax.jit(tx.init)(params))
+  assert jax.tree.structure(state) == jax.tree.structure(want)
+  for got, expected in zip(jax.tree.leaves(state), jax.tree.leaves(want)):
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+  assert placed_shardings == shardings
+  assert [x.sharding for x in jax.tree.leaves(state)] == jax.tree.leaves(shardings)

@@ -18,6 +18,7 @@ embeddings, the pooler and the head are copied whole.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 
@@ -31,7 +32,14 @@ from flaxbert.jsonfile import read_json
 from flaxbert.models.config import PRESETS, get_config
 from flaxbert.models.factory import build_model, init_params
 
+log = logging.getLogger("flaxbert")
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Parameter groups of a pretraining model a general-distillation student takes from its
+# teacher where their shapes allow: the embeddings (whose word table is the MLM decoder) and
+# the MLM and NSP heads.
+EMBEDDINGS, MLM, NSP = ("bert", "embeddings"), ("mlm",), ("nsp",)
+MLM_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM")
 
 
 def layer_indices(teacher_layers: int, student_layers: int) -> list[int]:
@@ -120,3 +128,60 @@ def build_student(teacher: Bundle, student: str | None, student_layers: int | No
     raise FlaxbertError("--student-layers takes layers of the teacher (or sizes a preset); "
                         "a student bundle keeps its own layers")
   return from_bundle(teacher, student, seed)
+
+
+# --- general (MLM) distillation -------------------------------------------------------------
+
+def has_mlm_head(path: str) -> bool | None:
+  """Whether the bundle or HF checkpoint at `path` says it has an MLM head (its config.json:
+  a flaxbert bundle's head, an HF checkpoint's architectures); None when it does not say (an
+  HF config without architectures: its weights tell, once loaded)."""
+  meta = read_json(os.path.join(path, "config.json"))
+  if meta.get("format") == FORMAT:
+    return meta.get("head") == "pretraining"
+  architectures = meta.get("architectures")
+  if not architectures:
+    return None
+  return any(arch in MLM_ARCHITECTURES for arch in architectures)
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def with_teacher_groups(student: Bundle, teacher: Bundle, groups) -> tuple[Bundle, list[str]]:
+  """The student with each parameter group of `groups` replaced by the teacher's where every
+  tensor of the group has the student's shape; also the names of the groups taken."""
+  params = jax.tree.map(np.asarray, student.params)
+  taken = []
+  for path in groups:
+    mine, theirs = _get(params, path), _get(teacher.params, path)
+    if jax.tree.structure(mine) == jax.tree.structure(theirs) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(jax.tree.leaves(mine),
+                                                   jax.tree.leaves(theirs))):
+      _get(params, path[:-1])[path[-1]] = jax.tree.map(np.asarray, theirs)
+      taken.append("/".join(path))
+  return dataclasses.replace(student, params=params), taken
+
+
+def build_mlm_student(teacher: Bundle, student: str | None, student_layers: int | None,
+                      seed: int = 0) -> Bundle:
+  """The student of a pretraining teacher (build_student), given the teacher's embeddings and
+  MLM and NSP heads where shapes allow when it has no trained ones of its own: a fresh preset
+  takes all three (the same hidden width), a bundle without an MLM head the teacher's MLM and
+  NSP heads. Layers of the teacher have them already."""
+  built = build_student(teacher, student, student_layers, seed)
+  if student is None:
+    return built
+  if os.path.isdir(student) and is_bundle(student):
+    if has_mlm_head(student):
+      return built
+    groups = (MLM, NSP)
+  else:
+    groups = (EMBEDDINGS, MLM, NSP)
+  built, taken = with_teacher_groups(built, teacher, groups)
+  if taken:
+    log.info("flaxbert: the student takes the teacher's %s", ", ".join(taken))
+  return built

@@ -13,4 +13,8 @@ def register_all(subparsers, argv=()) -> None:
   configs and with them the training machinery, which `flaxbert embed` never uses."""
   named = next((arg for arg in argv if not arg.startswith("-")), None)
   for name in (named,) if named in MODULES else MODULES:
-    importlib.import_module(f"flaxbert.commands.{name}").register(subparsers)
+    module = importlib.import_module(f"flaxbert.commands.{name}")
+    if getattr(module, "FLAGS_FROM_ARGV", False):   # its flags depend on one of them
+      module.register(subparsers, argv)
+    else:
+      module.register(subparsers)

@@ -48,11 +48,16 @@ def run_pretrain(args) -> None:
     print(f"pretraining done: {shown}; bundle in {args.workdir}/bundle")
     example = last.get("fill_mask")
     if example:
-      # SentencePiece marks a word start with U+2581; shown as the word.
-      shown = ", ".join(f"{token.lstrip(chr(0x2581)) or token} {p:.2f}"
-                        for token, p in example["predictions"])
-      print(f"fill-mask on held-out text: {example['text']!r} (masked: {example['answer']!r})"
-            f" -> {shown}")
+      print(shown_fill_mask(example))
+
+
+def shown_fill_mask(example: dict) -> str:
+  """The line that shows a run's held-out fill-mask example (bert_pretrain.held_out_fill_mask)."""
+  # SentencePiece marks a word start with U+2581; shown as the word.
+  shown = ", ".join(f"{token.lstrip(chr(0x2581)) or token} {p:.2f}"
+                    for token, p in example["predictions"])
+  return (f"fill-mask on held-out text: {example['text']!r} (masked: {example['answer']!r})"
+          f" -> {shown}")
 
 
 def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:

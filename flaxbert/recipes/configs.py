@@ -309,6 +309,37 @@ class DistillConfig(FinetuneConfig):
       "outputs on them (KD term only)")
 
 
+def _field_of(cls, name: str, **metadata):
+  """The field `name` of the config class `cls` (its default, flag and help), for another
+  class; `metadata` changes some of it (what a None default means there)."""
+  field = cls.__dataclass_fields__[name]
+  return dataclasses.field(default=field.default, metadata={**field.metadata, **metadata})
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillMLMConfig(PretrainConfig):
+  """General (pretraining-stage) distillation, `flaxbert distill --objective mlm`: a student
+  learns a teacher's masked-language-model distribution on a corpus. The pretraining settings
+  (corpus, masking, steps, optimizer), `init` being the teacher: its tokenizer reads the
+  corpus and its config bounds --max-length; its architecture is the student's unless
+  --student says otherwise."""
+  corpus: tuple[str, ...] = _field_of(PretrainConfig, "corpus", default_help=None)
+  steps: int | None = _field_of(PretrainConfig, "steps", default_help="10000")
+  learning_rate: float | None = _field_of(PretrainConfig, "learning_rate", default_help="1e-4")
+  seq_len: int | None = _field_of(PretrainConfig, "seq_len", default_help="128")
+  student: str | None = _field_of(DistillConfig, "student")
+  student_layers: int | None = _field_of(DistillConfig, "student_layers")
+  temperature: float = setting(2.0, help="softmax temperature T of the KD term")
+  alpha: float = setting(0.5, help="weight of the KD term at the masked positions, T^2 "
+                         "KL(teacher_T || student_T); 1 - alpha weighs the MLM cross-entropy "
+                         "on the true tokens")
+
+  @property
+  def total_steps(self) -> int:
+    # Not pretraining's 1M: a student starts from the teacher's layers (or its embeddings).
+    return self.steps if self.steps is not None else 10_000
+
+
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqConfig:
   """Encoder-decoder fine-tuning on source<TAB>target pairs."""

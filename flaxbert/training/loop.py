@@ -27,7 +27,8 @@ from flaxbert import sharding as mesh_lib
 from flaxbert.training.checkpoint import RunCheckpoints
 from flaxbert.training.metrics import MetricsWriter, device_peak_flops
 from flaxbert.progress import progress_bar
-from flaxbert.training.state import abstract_state, create_train_state
+from flaxbert.training.state import (abstract_state, create_train_state,
+                                     train_state_of_params)
 
 log = logging.getLogger("flaxbert")
 
@@ -78,17 +79,6 @@ class _Sigterm:
     return bool(np.any(multihost_utils.process_allgather(np.array(self.received))))
 
 
-def _with_params(state, shardings, tx, params):
-  """`state` with these host parameters (each process places its own shards) and a fresh
-  optimizer state for them."""
-  placed = jax.tree.map(
-      lambda x, s: jax.make_array_from_callback(
-          s.shape, s.sharding, lambda index, x=x, s=s: np.asarray(x, s.dtype)[index]),
-      params, state.params)
-  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(placed)
-  return state.replace(params=placed, opt_state=opt_state)
-
-
 def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
         train_step: Callable, data: Iterator,
         evaluate: Callable[[Any, int], dict] | None = None,
@@ -115,9 +105,11 @@ def run(cfg: LoopConfig, *, model, tx, mesh, dummy_inputs: dict,
   target, shardings = abstract_state(model, tx, mesh, dummy_inputs)
   restored = checkpoints.restore(target, data)
   if restored is None:
-    state, shardings = create_train_state(model, tx, mesh, cfg.seed, dummy_inputs)
-    if initial_params is not None:
-      state = _with_params(state, shardings, tx, initial_params)
+    if initial_params is None:
+      state, shardings = create_train_state(model, tx, mesh, cfg.seed, dummy_inputs)
+    else:
+      state, shardings = train_state_of_params(model, tx, mesh, cfg.seed, dummy_inputs,
+                                               initial_params)
     start = 0
   else:
     start, state = restored

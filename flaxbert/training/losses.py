@@ -209,6 +209,46 @@ def summarise_distill(head: str, alpha: float):
   return summarise
 
 
+# --- general distillation: the teacher's masked-language-model distribution ----------------
+#
+# loss = alpha * T^2 * KL(softmax(teacher_mlm / T) || softmax(student_mlm / T))
+#        + (1 - alpha) * the student's MLM cross-entropy on the true tokens,
+# both over the masked positions (masked_weights), normalised by the global batch's masked
+# weight, as pretraining's MLM term is. NSP is not distilled (DistilBERT drops it too).
+
+def mlm_distill_sums(student, teacher, batch, temperature: float):
+  """Sums of the KD term, the student's MLM loss and hits, the teacher's hits (how far the
+  student is from it), and the masked weight: student and teacher are pretraining outputs."""
+  w = batch["masked_weights"].astype(jnp.float32)
+  kd = _kl(teacher["mlm_logits"], student["mlm_logits"], temperature)
+  mlm_loss, mlm_hits = cross_entropy_sums(student["mlm_logits"], batch["masked_ids"], w)
+  teacher_hits = jnp.sum(w * (jnp.argmax(teacher["mlm_logits"], -1) == batch["masked_ids"]))
+  return {"kd_loss": jnp.sum(w * kd), "mlm_loss": mlm_loss, "mlm_hits": mlm_hits,
+          "teacher_mlm_hits": teacher_hits, "mlm_weight": jnp.sum(w)}
+
+
+def mlm_distill_totals(batch):
+  return {"mlm": jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0)}
+
+
+def mlm_distill_loss(alpha: float):
+  def loss(sums, totals):
+    return (alpha * sums["kd_loss"] + (1.0 - alpha) * sums["mlm_loss"]) / totals["mlm"]
+  return loss
+
+
+def summarise_mlm_distill(alpha: float):
+  """loss (the objective), kd_loss, mlm_loss, mlm_accuracy and teacher_mlm_accuracy."""
+
+  def summarise(sums):
+    w = jnp.maximum(sums["mlm_weight"], 1.0)
+    kd, mlm = sums["kd_loss"] / w, sums["mlm_loss"] / w
+    return {"loss": alpha * kd + (1.0 - alpha) * mlm, "kd_loss": kd, "mlm_loss": mlm,
+            "mlm_accuracy": sums["mlm_hits"] / w,
+            "teacher_mlm_accuracy": sums["teacher_mlm_hits"] / w}
+  return summarise
+
+
 # --- sequence to sequence --------------------------------------------------------------------
 
 def token_weights(batch):

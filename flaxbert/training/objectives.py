@@ -66,6 +66,26 @@ def distillation(student: nn.Module, teacher: nn.Module, head: str, temperature:
                    summarise=losses.summarise_distill(head, alpha))
 
 
+def mlm_distillation(student: nn.Module, teacher: nn.Module, temperature: float,
+                     alpha: float) -> Objective:
+  """General distillation (losses.mlm_distill_sums): two pretraining models on the same
+  masked rows, the teacher's parameters the step's frozen input as in `distillation`.
+
+  Hook for the feature terms (hidden states, MiniLM attention; training/distill_features.py):
+  apply both models with their sown outputs here and add feature_sums / feature_totals /
+  feature_loss to this objective's, as `feature_distillation` does for the task heads."""
+
+  def sums(params, batch, key, teacher_params):
+    inputs = pretraining_inputs(batch)
+    taught = jax.lax.stop_gradient(_apply(teacher, teacher_params, None, **inputs))
+    return losses.mlm_distill_sums(_apply(student, params, key, **inputs), taught, batch,
+                                   temperature)
+
+  return Objective(sums=sums, totals=losses.mlm_distill_totals,
+                   loss=losses.mlm_distill_loss(alpha),
+                   summarise=losses.summarise_mlm_distill(alpha))
+
+
 def seq2seq(model: nn.Module, label_smoothing: float = 0.0) -> Objective:
   """Teacher-forced, label-smoothed cross-entropy over the global batch's target tokens."""
 

@@ -59,6 +59,28 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh,
   return state, shardings
 
 
+def train_state_of_params(model: nn.Module, tx: optax.GradientTransformation, mesh, seed: int,
+                          dummy: dict, params):
+  """(state, state shardings) of a fresh run that starts from these host parameters (a
+  checkpoint's): the state create_train_state gives with them in place of its random ones,
+  without compiling and running the model's random initialisation only to drop it. Each
+  process places its own shards."""
+  abstract, specs = state_logical_specs(model, tx, dummy)
+  shardings = mesh_lib.logical_shardings(specs, mesh)
+
+  def place(value, like, sharding):
+    return jax.make_array_from_callback(
+        like.shape, sharding, lambda index: np.asarray(value, like.dtype)[index])
+
+  placed = jax.tree.map(place, params, abstract.params, shardings.params)
+  rng = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)))
+  with jax.set_mesh(mesh):
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(placed)
+  state = TrainState(step=place(0, abstract.step, shardings.step), params=placed,
+                     opt_state=opt_state, rng=place(rng, abstract.rng, shardings.rng))
+  return state, shardings
+
+
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh, dummy: dict):
   """ShapeDtypeStructs with shardings: the restore target of a checkpoint."""
   abstract, specs = state_logical_specs(model, tx, dummy)

@@ -84,11 +84,12 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
 
 
 def make_eval_step(objective: Objective):
-  """eval_step(params, batch) -> metric sums (add over batches, then `objective.summarise`)."""
+  """eval_step(params, batch, *frozen) -> metric sums (add over batches, then
+  `objective.summarise`); frozen inputs as in train_step."""
 
-  def eval_step(params, batch):
+  def eval_step(params, batch, *frozen):
     with nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
-      return objective.sums(params, batch, None)
+      return objective.sums(params, batch, None, *frozen)
 
   return eval_step
 
