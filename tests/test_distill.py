@@ -13,17 +13,21 @@ import types
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, call_cli, snapshot
 from flaxbert import bundle as bundle_lib
+from flaxbert import sharding
 from flaxbert.bundle import student as student_lib
 from flaxbert.data import finetuning, pipeline, readers
 from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
 from flaxbert.recipes import distill as distill_lib
-from flaxbert.training import losses, teacher_cache
+from flaxbert.models.factory import dummy_inputs
+from flaxbert.training import losses, objectives, teacher_cache
+from flaxbert.training.state import place_params
 
 
 def test_layer_indices_are_evenly_spaced_like_distilbert():
@@ -292,27 +296,48 @@ def _losses(workdir):
 
 
 def test_cached_teacher_outputs_give_the_uncached_losses(classify_teacher, tmp_path):
-  """The teacher's outputs computed once and joined to the batches by example train the
-  student to the losses of the teacher run at every step; a re-run reads them back."""
-  few = ("--max-train-examples", "24", "--max-steps", "3", "--eval-every", "3",
-         "--unlabeled", _unlabeled(tmp_path), *STUDENT)
-  runs = {}
-  for name, extra in (("plain", ()), ("cached", ("--cache-teacher",))):
-    workdir = str(tmp_path / name)
-    rc, _, err = call_cli(*_distill(classify_teacher, workdir, *few, *extra))
-    assert rc == 0, err[-3000:]
-    runs[name] = _losses(workdir)
-  assert [r[0] for r in runs["cached"]] == [1, 2, 3]
-  np.testing.assert_allclose(np.array(runs["cached"]), np.array(runs["plain"]), rtol=2e-5)
-  cache = tmp_path / "cached" / "data" / "teacher_outputs"
-  [key] = os.listdir(cache)
-  logits = np.load(cache / key / "teacher_logits.npy")
-  assert logits.shape == (24 + 16, 3) and np.all(np.abs(logits).max(-1) > 0)
-  # A changed teacher is another key: its stale outputs are never read.
+  """The teacher's outputs computed once (its own pass, in record order) and joined to the
+  shuffled batches by example give the student's loss sums of the teacher run inside the
+  step; a second call reads the stored outputs back; another teacher is another key."""
   teacher = bundle_lib.load(classify_teacher)
+  train = tmp_path / "train.tsv"
+  with open(os.path.join(SHARED_DATA, "sentiment", "dev.tsv"), encoding="utf-8") as f:
+    train.write_text("".join(f.readlines()[:33]), encoding="utf-8")   # a header, 32 rows
+  data = pipeline.finetune_data(
+      "classification", {"train": [str(train), _unlabeled(tmp_path)]},
+      os.path.join(os.path.dirname(classify_teacher), "hf"),
+      str(tmp_path / "prepared"), max_seq_length=32, labels=teacher.labels,
+      unlabeled=[_unlabeled(tmp_path)])
+  mesh = sharding.make_mesh()
+  store = str(tmp_path / "teacher_outputs")
+  cached = teacher_cache.teacher_outputs(teacher, data, mesh, store, 48, show_progress=False)
+  assert set(cached) == {"teacher_logits"} and cached["teacher_logits"].shape == (32 + 16, 3)
+  again = teacher_cache.teacher_outputs(teacher, data, mesh, store, 48, show_progress=False)
+  np.testing.assert_array_equal(again["teacher_logits"], cached["teacher_logits"])
+  student = student_lib.build_student(teacher, None, 1)
+  placed = place_params(teacher.model, teacher.params, mesh, dummy_inputs())
+  runs = {"plain": (objectives.distillation(student.model, teacher.model, "classification",
+                                            2.0, 0.5), (placed,), None),
+          "cached": (objectives.distillation_from_batch(student.model, "classification", 2.0,
+                                                        0.5), (), cached)}
+  sums_of = {}
+  for name, (objective, frozen, joined) in runs.items():
+    def sums(params, batch, *frozen, objective=objective):
+      with nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        return objective.sums(params, batch, None, *frozen)
+    sums = jax.jit(sums)
+    batches = data.batches("train", batch_size=16, seed=3, joined=joined)
+    sums_of[name] = []
+    with jax.set_mesh(mesh):
+      for _ in range(4):   # past an epoch of 48 examples: reshuffled
+        batch = {k: v for k, v in next(batches).items() if v.dtype != object}
+        out = sums(student.params, sharding.global_batch(batch, mesh), *frozen)
+        sums_of[name].append([float(out[k]) for k in ("kd_loss", "loss", "weight")])
+  np.testing.assert_allclose(sums_of["cached"], sums_of["plain"], rtol=1e-5)
+  assert len({row[0] for row in sums_of["plain"]}) == 4   # other examples in each batch
   digest = teacher_cache.teacher_digest(teacher)
-  teacher.params["classifier"]["dense"]["bias"] = teacher.params["classifier"]["dense"][
-      "bias"] + 1
+  dense = teacher.params["classifier"]["dense"]
+  dense["bias"] = dense["bias"] + 1
   assert teacher_cache.teacher_digest(teacher) != digest
   with pytest.raises(FlaxbertError, match="--cache-teacher stores the teacher's outputs"):
     distill_lib.check_cache_teacher(types.SimpleNamespace(cache_teacher=True,
@@ -390,13 +415,13 @@ def test_qa_teacher_distils_with_unlabeled_questions_from_its_cache(classify_tea
   rc, out, err = call_cli(
       "distill", "--teacher", path, "--train", os.path.join(SHARED_DATA, "qa", "train.json"),
       "--dev", os.path.join(SHARED_DATA, "qa", "dev.json"), "--workdir", workdir,
-      "--max-train-examples", "8", "--max-dev-examples", "4", "--max-length", "64",
+      "--max-train-examples", "4", "--max-dev-examples", "2", "--max-length", "64",
       "--batch-size", "8", "--max-steps", "2", "--student-layers", "1", "--cache-teacher",
       "--unlabeled", str(unlabeled), "--log-every", "1", "--quiet")
   assert rc == 0, err[-3000:]
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert results["task"] == "qa" and "dev_f1" in results["final"]
-  assert results["train_features"] > results["train_examples"] == 8
+  assert results["train_features"] > results["train_examples"] == 4
   cache = os.path.join(workdir, "data", "teacher_outputs")
   [key] = os.listdir(cache)
   start = np.load(os.path.join(cache, key, "teacher_start_logits.npy"))
@@ -404,7 +429,7 @@ def test_qa_teacher_distils_with_unlabeled_questions_from_its_cache(classify_tea
   rows = _metrics(workdir)
   assert all(np.isfinite(r["kd_loss"]) and np.isfinite(r["hard_loss"]) for r in rows)
   # the unanswered questions' windows have no span to learn: the KD term alone
-  windows = list(finetuning.squad_examples(load_tokenizer(path), readers.read_squad(
+  windows = list(finetuning.squad_examples(load_tokenizer(hf), readers.read_squad(
       str(unlabeled), readers.SkipCounter("t")), 64, 32, 16, unlabeled=True))
   assert windows and all((w["start_position"], w["end_position"]) == (-1, -1)
                          for _, w in windows)
