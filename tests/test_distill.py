@@ -273,14 +273,18 @@ def test_ner_teacher_distils_into_a_tagging_bundle(classify_teacher, tmp_path):
   path = str(tmp_path / "teacher")
   bundle_lib.replace(path, teacher)
   workdir = str(tmp_path / "w")
+  raw = tmp_path / "raw.txt"   # unlabelled sentences: the teacher's tags on each first piece
+  raw.write_text("Paris is nice in spring\nunbelievably tall towers\n", encoding="utf-8")
   rc, out, err = call_cli(
-      "distill", "--teacher", path, "--train", os.path.join(SHARED_DATA, "ner", "train.conll"),
+      "distill", "--teacher", path, "--unlabeled", str(raw),
+      "--train", os.path.join(SHARED_DATA, "ner", "train.conll"),
       "--dev", os.path.join(SHARED_DATA, "ner", "dev.conll"), "--workdir", workdir,
       "--max-train-examples", "16", "--max-dev-examples", "8", "--max-length", "32",
       "--batch-size", "8", "--max-steps", "2", "--student-layers", "1", "--quiet")
   assert rc == 0, err[-3000:]
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert results["task"] == "ner" and results["student_layers"] == 1
+  assert results["train_features"] == 16 + 2
   assert "dev_f1" in results["final"]
   rows = _metrics(workdir)
   assert all(np.isfinite(r["kd_loss"]) and r["kd_loss"] >= 0 for r in rows)
