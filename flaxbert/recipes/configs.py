@@ -309,9 +309,9 @@ class DistillConfig(FinetuneConfig):
       "sentence per line; qa: SQuAD JSON, answers not needed): the student learns the "
       "teacher's outputs on them (KD term only)")
   cache_teacher: bool = setting(
-      False, help="compute the teacher's outputs on the transfer set once, before training "
-      "(stored in WORKDIR/data), instead of at every step: faster when it is seen for more "
-      "than an epoch; not with losses on the teacher's hidden states or attention")
+      False, help="run the teacher once over the transfer set before training (its outputs "
+      "stored in WORKDIR/data) instead of in every step, which then trains the student "
+      "alone; not with losses on the teacher's hidden states or attention")
 
 
 @dataclasses.dataclass(frozen=True)
