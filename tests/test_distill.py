@@ -385,13 +385,20 @@ def test_unlabeled_ner_sentences_teach_every_first_sub_token(tiny_hf, tmp_path):
   assert float(sums["kd_loss"]) > 0 and float(sums["loss"]) == 0 == float(sums["weight"])
 
 
-def test_unlabeled_regression_values_are_nan_and_kd_only():
+def test_unlabeled_regression_values_are_nan_and_kd_only(tiny_hf, tmp_path):
   """A regression transfer set's unlabelled rows (NaN: -1 is a value) add to the KD term
   alone, and leave the gradient finite."""
+  train, raw = tmp_path / "train.tsv", tmp_path / "raw.txt"
+  train.write_text("a fine film\t-1.0\nnot good\t2.0\n", encoding="utf-8")
+  raw.write_text("more text\n", encoding="utf-8")
+  data = pipeline.finetune_data("regression", {"train": [str(train), str(raw)]}, tiny_hf,
+                                str(tmp_path / "prepared"), max_seq_length=16,
+                                unlabeled=[str(raw)])
+  labels = next(data.batches("train", batch_size=3, shuffle=False, num_epochs=1))["label"]
+  assert labels[0] == -1 and labels[1] == 2 and np.isnan(labels[2])
   s = jnp.array([[0.5], [1.0], [-2.0]])
   t = np.array([[0.0], [3.0], [-1.0]])
-  batch = {"label": np.array([-1.0, np.nan, 2.0], np.float32),
-           "example_weight": np.ones(3, np.float32)}
+  batch = {"label": labels[[0, 2, 1]], "example_weight": np.ones(3, np.float32)}
 
   def loss(student):
     sums = losses.distill_sums("regression", {"logits": student}, {"logits": t}, batch, 2.0)
