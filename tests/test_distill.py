@@ -1,23 +1,33 @@
 """Distillation: the student built from the teacher's layers, the KD loss against its formula
 in numpy, and `flaxbert distill` end to end on a tiny classify teacher (loss falls, best/
 predicts, a run stopped by SIGTERM resumes to the uninterrupted run's metrics, bad input is
-one line)."""
+one line); the teacher's outputs cached, and unlabelled transfer sets of ner, qa and
+regression teachers."""
 
 import json
 import os
 import signal
 import threading
 import time
+import types
 
 import jax
+import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, call_cli, snapshot
 from flaxbert import bundle as bundle_lib
+from flaxbert import sharding
 from flaxbert.bundle import student as student_lib
+from flaxbert.data import finetuning, pipeline, readers
+from flaxbert.data.tokenizer import load_tokenizer
 from flaxbert.errors import FlaxbertError
-from flaxbert.training import losses
+from flaxbert.recipes import distill as distill_lib
+from flaxbert.models.factory import dummy_inputs
+from flaxbert.training import losses, objectives, teacher_cache
+from flaxbert.training.state import place_params
 
 
 def test_layer_indices_are_evenly_spaced_like_distilbert():
@@ -263,17 +273,174 @@ def test_ner_teacher_distils_into_a_tagging_bundle(classify_teacher, tmp_path):
   path = str(tmp_path / "teacher")
   bundle_lib.replace(path, teacher)
   workdir = str(tmp_path / "w")
+  raw = tmp_path / "raw.txt"   # unlabelled sentences: the teacher's tags on each first piece
+  raw.write_text("Paris is nice in spring\nunbelievably tall towers\n", encoding="utf-8")
   rc, out, err = call_cli(
-      "distill", "--teacher", path, "--train", os.path.join(SHARED_DATA, "ner", "train.conll"),
+      "distill", "--teacher", path, "--unlabeled", str(raw),
+      "--train", os.path.join(SHARED_DATA, "ner", "train.conll"),
       "--dev", os.path.join(SHARED_DATA, "ner", "dev.conll"), "--workdir", workdir,
       "--max-train-examples", "16", "--max-dev-examples", "8", "--max-length", "32",
       "--batch-size", "8", "--max-steps", "2", "--student-layers", "1", "--quiet")
   assert rc == 0, err[-3000:]
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert results["task"] == "ner" and results["student_layers"] == 1
+  assert results["train_features"] == 16 + 2
   assert "dev_f1" in results["final"]
   rows = _metrics(workdir)
   assert all(np.isfinite(r["kd_loss"]) and r["kd_loss"] >= 0 for r in rows)
   config = json.load(open(os.path.join(workdir, "best", "config.json")))
   assert config["head"] == "tagging" and config["labels"] == tags
   assert config["config"]["num_layers"] == 1
+
+
+# --- --cache-teacher, and --unlabeled for ner, qa and regression teachers --------------------
+
+def _losses(workdir):
+  return [(r["step"], r["loss"], r["kd_loss"], r["hard_loss"]) for r in _metrics(workdir)]
+
+
+def test_cached_teacher_outputs_give_the_uncached_losses(classify_teacher, tmp_path):
+  """The teacher's outputs computed once (its own pass, in record order) and joined to the
+  shuffled batches by example give the student's loss sums of the teacher run inside the
+  step; a second call reads the stored outputs back; another teacher is another key."""
+  teacher = bundle_lib.load(classify_teacher)
+  train = tmp_path / "train.tsv"
+  with open(os.path.join(SHARED_DATA, "sentiment", "dev.tsv"), encoding="utf-8") as f:
+    train.write_text("".join(f.readlines()[:33]), encoding="utf-8")   # a header, 32 rows
+  data = pipeline.finetune_data(
+      "classification", {"train": [str(train), _unlabeled(tmp_path)]},
+      os.path.join(os.path.dirname(classify_teacher), "hf"),
+      str(tmp_path / "prepared"), max_seq_length=32, labels=teacher.labels,
+      unlabeled=[_unlabeled(tmp_path)])
+  mesh = sharding.make_mesh()
+  store = str(tmp_path / "teacher_outputs")
+  cached = teacher_cache.teacher_outputs(teacher, data, mesh, store, 48, show_progress=False)
+  assert set(cached) == {"teacher_logits"} and cached["teacher_logits"].shape == (32 + 16, 3)
+  again = teacher_cache.teacher_outputs(teacher, data, mesh, store, 48, show_progress=False)
+  np.testing.assert_array_equal(again["teacher_logits"], cached["teacher_logits"])
+  student = student_lib.build_student(teacher, None, 1)
+  placed = place_params(teacher.model, teacher.params, mesh, dummy_inputs())
+  runs = {"plain": (objectives.distillation(student.model, teacher.model, "classification",
+                                            2.0, 0.5), (placed,), None),
+          "cached": (objectives.distillation_from_batch(student.model, "classification", 2.0,
+                                                        0.5), (), cached)}
+  sums_of = {}
+  for name, (objective, frozen, joined) in runs.items():
+    def sums(params, batch, *frozen, objective=objective):
+      with nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        return objective.sums(params, batch, None, *frozen)
+    sums = jax.jit(sums)
+    batches = data.batches("train", batch_size=16, seed=3, joined=joined)
+    sums_of[name] = []
+    with jax.set_mesh(mesh):
+      for _ in range(4):   # past an epoch of 48 examples: reshuffled
+        batch = {k: v for k, v in next(batches).items() if v.dtype != object}
+        out = sums(student.params, sharding.global_batch(batch, mesh), *frozen)
+        sums_of[name].append([float(out[k]) for k in ("kd_loss", "loss", "weight")])
+  np.testing.assert_allclose(sums_of["cached"], sums_of["plain"], rtol=1e-5)
+  assert len({row[0] for row in sums_of["plain"]}) == 4   # other examples in each batch
+  digest = teacher_cache.teacher_digest(teacher)
+  dense = teacher.params["classifier"]["dense"]
+  dense["bias"] = dense["bias"] + 1
+  assert teacher_cache.teacher_digest(teacher) != digest
+  with pytest.raises(FlaxbertError, match="--cache-teacher stores the teacher's outputs"):
+    distill_lib.check_cache_teacher(types.SimpleNamespace(cache_teacher=True,
+                                                          hidden_weight=1.0))
+
+
+def test_unlabeled_ner_sentences_teach_every_first_sub_token(tiny_hf, tmp_path):
+  """Raw sentences beside CoNLL: tags -1, `kd_token_mask` on each word's first piece; in the
+  loss they add to the KD term and not to the hard one."""
+  raw = tmp_path / "raw.txt"
+  raw.write_text("Paris is nice\n\nunbelievably tall towers\n", encoding="utf-8")
+  conll = os.path.join(SHARED_DATA, "ner", "dev.conll")
+  data = pipeline.finetune_data("tagging", {"train": [conll, str(raw)]}, tiny_hf,
+                                str(tmp_path / "prepared"), max_seq_length=16, unlabeled=[str(raw)])
+  assert data.labels[0] == "O"   # the tags of the CoNLL file alone
+  n = data.num_examples("train")
+  records = data.sources["train"]
+  tokenizer = load_tokenizer(tiny_hf)
+  for index, words in ((n - 2, "Paris is nice".split()),
+                       (n - 1, "unbelievably tall towers".split())):
+    record = records[index]
+    assert np.all(record["labels"] == -1)
+    pieces = [len(p) or 1 for p in tokenizer.encode_batch(words)]
+    firsts = np.cumsum([1] + pieces[:-1])
+    want = np.zeros(len(record["input_ids"]), np.int32)
+    want[firsts] = 1
+    np.testing.assert_array_equal(record["kd_token_mask"], want)
+  labelled = records[0]
+  np.testing.assert_array_equal(labelled["kd_token_mask"], labelled["labels"] >= 0)
+  # The loss: the unlabelled rows' first pieces count in KD, never in the hard term.
+  batch = next(data.batches("train", batch_size=n, shuffle=False, num_epochs=1))
+  rng = np.random.default_rng(0)
+  s = rng.normal(size=batch["labels"].shape + (len(data.labels),))
+  t = rng.normal(size=s.shape)
+  sums = losses.distill_sums("tagging", {"logits": s}, {"logits": t}, batch, 1.0)
+  mask = batch["kd_token_mask"]
+  assert float(sums["kd_weight"]) == mask.sum() > (batch["labels"] >= 0).sum()
+  assert float(sums["weight"]) == (batch["labels"] >= 0).sum()
+  only_unlabelled = {**batch, "example_weight": np.arange(n) >= n - 2}
+  sums = losses.distill_sums("tagging", {"logits": s}, {"logits": t}, only_unlabelled, 1.0)
+  assert float(sums["kd_loss"]) > 0 and float(sums["loss"]) == 0 == float(sums["weight"])
+
+
+def test_unlabeled_regression_values_are_nan_and_kd_only(tiny_hf, tmp_path):
+  """A regression transfer set's unlabelled rows (NaN: -1 is a value) add to the KD term
+  alone, and leave the gradient finite."""
+  train, raw = tmp_path / "train.tsv", tmp_path / "raw.txt"
+  train.write_text("a fine film\t-1.0\nnot good\t2.0\n", encoding="utf-8")
+  raw.write_text("more text\n", encoding="utf-8")
+  data = pipeline.finetune_data("regression", {"train": [str(train), str(raw)]}, tiny_hf,
+                                str(tmp_path / "prepared"), max_seq_length=16,
+                                unlabeled=[str(raw)])
+  labels = next(data.batches("train", batch_size=3, shuffle=False, num_epochs=1))["label"]
+  assert labels[0] == -1 and labels[1] == 2 and np.isnan(labels[2])
+  s = jnp.array([[0.5], [1.0], [-2.0]])
+  t = np.array([[0.0], [3.0], [-1.0]])
+  batch = {"label": labels[[0, 2, 1]], "example_weight": np.ones(3, np.float32)}
+
+  def loss(student):
+    sums = losses.distill_sums("regression", {"logits": student}, {"logits": t}, batch, 2.0)
+    return losses.distill_loss(0.5)(sums, losses.distill_totals("regression", batch))
+
+  want = 0.5 * ((0.5 ** 2 + 2.0 ** 2 + 1.0 ** 2) / 3) + 0.5 * ((1.5 ** 2 + 4.0 ** 2) / 2)
+  np.testing.assert_allclose(float(loss(s)), want, rtol=1e-6)
+  assert np.all(np.isfinite(jax.grad(loss)(s)))
+
+
+def test_qa_teacher_distils_with_unlabeled_questions_from_its_cache(classify_teacher,
+                                                                   tmp_path):
+  """A span teacher, answered and unanswered (KD-only) questions, outputs cached."""
+  hf = os.path.join(os.path.dirname(classify_teacher), "hf")
+  teacher = bundle_lib.load(hf, head="span_qa")
+  path = str(tmp_path / "teacher")
+  bundle_lib.replace(path, teacher)
+  train = json.load(open(os.path.join(SHARED_DATA, "qa", "train.json")))
+  questions = [dict(p, qas=[{"id": f"u{q['id']}", "question": q["question"]}
+                            for q in p["qas"]])
+               for p in train["data"][5]["paragraphs"][:2]]
+  unlabeled = tmp_path / "unlabeled.json"
+  unlabeled.write_text(json.dumps({"data": [{"paragraphs": questions}]}), encoding="utf-8")
+  workdir = str(tmp_path / "w")
+  rc, out, err = call_cli(
+      "distill", "--teacher", path, "--train", os.path.join(SHARED_DATA, "qa", "train.json"),
+      "--dev", os.path.join(SHARED_DATA, "qa", "dev.json"), "--workdir", workdir,
+      "--max-train-examples", "4", "--max-dev-examples", "2", "--max-length", "64",
+      "--batch-size", "8", "--max-steps", "2", "--student-layers", "1", "--cache-teacher",
+      "--unlabeled", str(unlabeled), "--log-every", "1", "--quiet")
+  assert rc == 0, err[-3000:]
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["task"] == "qa" and "dev_f1" in results["final"]
+  assert results["train_features"] > results["train_examples"] == 4
+  cache = os.path.join(workdir, "data", "teacher_outputs")
+  [key] = os.listdir(cache)
+  start = np.load(os.path.join(cache, key, "teacher_start_logits.npy"))
+  assert start.shape == (results["train_features"], 64)
+  rows = _metrics(workdir)
+  assert all(np.isfinite(r["kd_loss"]) and np.isfinite(r["hard_loss"]) for r in rows)
+  # the unanswered questions' windows have no span to learn: the KD term alone
+  windows = list(finetuning.squad_examples(load_tokenizer(hf), readers.read_squad(
+      str(unlabeled), readers.SkipCounter("t")), 64, 32, 16, unlabeled=True))
+  assert windows and all((w["start_position"], w["end_position"]) == (-1, -1)
+                         for _, w in windows)

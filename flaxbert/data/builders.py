@@ -184,10 +184,12 @@ def _tokenize_documents(tokenizer: Tokenizer, documents: Iterator[list[str]],
   return result
 
 
-def _label_files(sources: dict[str, Sequence[str] | str]) -> list[str]:
-  """The files label names are read from: the "train" split, else the first split."""
+def _label_files(sources: dict[str, Sequence[str] | str], unlabeled: Sequence[str] = ()
+                 ) -> list[str]:
+  """The files label names are read from: the "train" split, else the first split; not the
+  `unlabeled` ones."""
   paths = sources.get("train", next(iter(sources.values()), []))
-  return [paths] if isinstance(paths, str) else list(paths)
+  return [p for p in ([paths] if isinstance(paths, str) else paths) if p not in unlabeled]
 
 
 class TextClassification(_FlaxbertBuilder):
@@ -200,7 +202,8 @@ class TextClassification(_FlaxbertBuilder):
   def __init__(self, **kwargs):
     kwargs.setdefault("regression", False)
     if not kwargs["regression"] and not kwargs.get("labels"):
-      kwargs["labels"] = finetuning.collect_labels(_label_files(kwargs["sources"]))
+      kwargs["labels"] = finetuning.collect_labels(
+          _label_files(kwargs["sources"], kwargs.get("unlabeled", ())))
     super().__init__(**kwargs)
 
   def _info(self):
@@ -219,32 +222,39 @@ class TextClassification(_FlaxbertBuilder):
 class TokenTagging(_FlaxbertBuilder):
   """CoNLL `token<TAB>tag` sentences; `labels` marks each word's first sub-token, -1 elsewhere.
 
-  Settings: max_seq_length, labels (tag names; default: sorted tags of the train split).
+  Settings: max_seq_length, labels (tag names; default: sorted tags of the train split),
+  unlabeled (source files of raw text, a sentence per line: labels -1; with them every
+  example has `kd_token_mask`, see finetuning.tagging_examples).
   """
 
   def __init__(self, **kwargs):
     if not kwargs.get("labels"):
-      kwargs["labels"] = finetuning.collect_tags(_label_files(kwargs["sources"]))
+      kwargs["labels"] = finetuning.collect_tags(
+          _label_files(kwargs["sources"], kwargs.get("unlabeled", ())))
     super().__init__(**kwargs)
 
   def _info(self):
+    features = {"input_ids": _INT_SEQUENCE, "labels": _INT_SEQUENCE,
+                "num_words": tfds.features.Scalar(dtype=np.int32)}
+    if self.settings.get("unlabeled"):
+      features["kd_token_mask"] = _INT_SEQUENCE
     return self._info_with(
-        features=tfds.features.FeaturesDict({
-            "input_ids": _INT_SEQUENCE, "labels": _INT_SEQUENCE,
-            "num_words": tfds.features.Scalar(dtype=np.int32)}),
+        features=tfds.features.FeaturesDict(features),
         metadata=tfds.core.MetadataDict(labels=list(self.settings["labels"])))
 
   def _generate_examples(self, split, paths, skips):
     yield from finetuning.tagging_examples(self.tokenizer, paths,
                                            self.settings["max_seq_length"],
-                                           self.settings["labels"], skips)
+                                           self.settings["labels"], skips,
+                                           self.settings.get("unlabeled", ()))
 
 
 class SquadFeatures(_FlaxbertBuilder):
   """SQuAD v1.1 windows: ids, answer token positions, and per-token character offsets into
   the context (-1 outside it) so predictions map back to answer text.
 
-  Settings: max_seq_length, doc_stride, max_query_length.
+  Settings: max_seq_length, doc_stride, max_query_length, unlabeled (source files whose
+  questions have no answer to learn: start and end -1).
   """
 
   def _info(self):
@@ -261,7 +271,8 @@ class SquadFeatures(_FlaxbertBuilder):
     for path in paths:
       yield from finetuning.squad_examples(
           self.tokenizer, readers.read_squad(path, skips), s["max_seq_length"],
-          s.get("doc_stride", 128), s.get("max_query_length", 64), key_prefix=path)
+          s.get("doc_stride", 128), s.get("max_query_length", 64), key_prefix=path,
+          unlabeled=path in s.get("unlabeled", ()))
 
 
 class ParallelText(_FlaxbertBuilder):

@@ -42,7 +42,8 @@ def classification_examples(tokenizer: Tokenizer, paths: Sequence[str], max_seq_
                             unlabeled: Sequence[str] = ()):
   """`labels=None` means regression: the label column must be a number. Files in
   `unlabeled` (a distillation's transfer set) hold texts without a label column (a sentence,
-  or sentence1<TAB>sentence2, per line): their label is -1, "none" (ClassLabel's)."""
+  or sentence1<TAB>sentence2, per line): their label is -1, "none" (ClassLabel's), or NaN
+  for regression, where -1 is a value like any other."""
   label_index = {name: i for i, name in enumerate(labels)} if labels is not None else None
   for path in paths:
     labelled = path not in unlabeled
@@ -51,7 +52,7 @@ def classification_examples(tokenizer: Tokenizer, paths: Sequence[str], max_seq_
         targets = [_parse_label(path, number, fields[-1], label_index)
                    for number, fields in chunk]
       else:
-        targets = [-1] * len(chunk)
+        targets = [-1 if label_index is not None else np.float32("nan")] * len(chunk)
       pairs = len(chunk[0][1]) == (3 if labelled else 2)
       rows = tokenizer.encode_inputs(
           [(fields[0], fields[1] if pairs else None) for _, fields in chunk], max_seq_length,
@@ -84,37 +85,62 @@ def collect_tags(paths: Sequence[str]) -> list[str]:
 
 
 def tagging_examples(tokenizer: Tokenizer, paths: Sequence[str], max_seq_length: int,
-                     labels: Sequence[str], skips: readers.SkipCounter):
+                     labels: Sequence[str], skips: readers.SkipCounter,
+                     unlabeled: Sequence[str] = ()):
   """`labels` carries the tag of each word on its first sub-token and -1 on other sub-tokens
   and on [CLS]/[SEP]. Words that do not fit are cut and counted; `num_words` keeps the full
-  word count so evaluation can score cut words as missed."""
+  word count so evaluation can score cut words as missed.
+
+  Files in `unlabeled` (a distillation's transfer set) hold raw text, a sentence per line,
+  words split at whitespace: their labels are all -1. With such files every example also
+  has `kd_token_mask`, 1 on each word's first sub-token: the positions where the student
+  learns the teacher's tags, labelled or not."""
   tag_index = {name: i for i, name in enumerate(labels)}
-  budget = max_seq_length - 2
   for path in paths:
-    for number, words, tags in readers.read_conll(path):
-      for offset, tag in enumerate(tags):
-        if tag not in tag_index:
-          raise FlaxbertError(f"{path}:{number + offset}: unknown tag {tag!r}")
+    labelled = path not in unlabeled
+    for number, words, tags in (readers.read_conll(path) if labelled
+                                else _raw_sentences(path)):
+      if labelled:
+        for offset, tag in enumerate(tags):
+          if tag not in tag_index:
+            raise FlaxbertError(f"{path}:{number + offset}: unknown tag {tag!r}")
+        tags = [tag_index[tag] for tag in tags]
+      else:
+        tags = [-1] * len(words)
       ids: list[int] = []
       word_labels: list[int] = []
+      firsts: list[int] = []
       for word, tag, pieces in zip(words, tags, tokenizer.encode_batch(words)):
         pieces = pieces or [tokenizer.unk_id]   # keep every word visible to the tagger
         ids += pieces
-        word_labels += [tag_index[tag]] + [-1] * (len(pieces) - 1)
+        word_labels += [tag] + [-1] * (len(pieces) - 1)
+        firsts += [1] + [0] * (len(pieces) - 1)
+      budget = max_seq_length - 2
       if len(ids) > budget:
         skips.skip("sentences cut to max_seq_length (trailing words lost)", f"{path}:{number}")
-        ids, word_labels = ids[:budget], word_labels[:budget]
+        ids, word_labels, firsts = ids[:budget], word_labels[:budget], firsts[:budget]
       ids = [tokenizer.cls_id] + ids + [tokenizer.sep_id]
-      word_labels = [-1] + word_labels + [-1]
-      yield f"{path}:{number}", {"input_ids": np.asarray(ids, np.int32),
-                                 "labels": np.asarray(word_labels, np.int32),
-                                 "num_words": len(words)}
+      example = {"input_ids": np.asarray(ids, np.int32),
+                 "labels": np.asarray([-1] + word_labels + [-1], np.int32),
+                 "num_words": len(words)}
+      if unlabeled:
+        example["kd_token_mask"] = np.asarray([0] + firsts + [0], np.int32)
+      yield f"{path}:{number}", example
+
+
+def _raw_sentences(path: str):
+  """(line number, words, None) per non-blank line of a raw text file."""
+  for number, line in readers.read_lines(path):
+    words = line.split()
+    if words:
+      yield number, words, None
 
 
 # --- SQuAD ----------------------------------------------------------------------------------
 
 def squad_examples(tokenizer: Tokenizer, questions: list[dict], max_seq_length: int,
-                   doc_stride: int, max_query_length: int, key_prefix: str = ""):
+                   doc_stride: int, max_query_length: int, key_prefix: str = "",
+                   unlabeled: bool = False):
   """Windows of `[CLS] question [SEP] context-span [SEP]` over each context, as BERT's
   run_squad: a window that does not contain the answer points at [CLS] (position 0).
 
@@ -122,6 +148,9 @@ def squad_examples(tokenizer: Tokenizer, questions: list[dict], max_seq_length: 
   question and special tokens), so the text of a predicted (start, end) is
   `context[char_start[start]:char_end[end]]`. `token_is_max_context` marks the window where
   a token has the most context on both sides (BERT's rule for overlapping windows).
+
+  `unlabeled` (a distillation's transfer set): every window's start and end are -1, no
+  answer to learn, whatever answers the questions list; the teacher's spans are learned.
   """
   context, tok_ids, spans_of = None, [], []
   for question in questions:
@@ -130,7 +159,7 @@ def squad_examples(tokenizer: Tokenizer, questions: list[dict], max_seq_length: 
       tok_ids, spans_of = tokenizer.encode_with_offsets(context)
     query = tokenizer.encode(question["question"])[:max_query_length]
     answer_tokens = None
-    if question["answers"] and tok_ids:
+    if question["answers"] and tok_ids and not unlabeled:
       answer = question["answers"][0]
       begin, end = answer["answer_start"], answer["answer_start"] + len(answer["text"])
       inside = [i for i, (s, e) in enumerate(spans_of) if s < end and e > begin]
@@ -159,7 +188,7 @@ def squad_examples(tokenizer: Tokenizer, questions: list[dict], max_seq_length: 
       for i in range(length):
         char_start[offset + i], char_end[offset + i] = spans_of[span_start + i]
         max_context[offset + i] = int(_is_max_context(windows, window, span_start + i))
-      start_position = end_position = 0
+      start_position = end_position = -1 if unlabeled else 0
       if answer_tokens and span_start <= answer_tokens[0] and \
           answer_tokens[1] < span_start + length:
         start_position = answer_tokens[0] - span_start + offset

@@ -252,9 +252,14 @@ class TaskData:
               num_epochs: int | None = None, drop_remainder: bool = True,
               process_index: int | None = None, process_count: int | None = None,
               read_options: grain.ReadOptions | None = None,
-              worker_count: int = 0, bucket_by_length: bool = False) -> BatchIterator:
+              worker_count: int = 0, bucket_by_length: bool = False,
+              joined: dict[str, np.ndarray] | None = None) -> BatchIterator:
     """Training: the defaults (shuffled, endless). Evaluation: `shuffle=False, num_epochs=1,
     drop_remainder=False` visits every example once in file order.
+
+    `joined`: more fields, arrays indexed by the split's record index (one row per stored
+    example, e.g. a distillation teacher's outputs), joined to each batch by example; zeros
+    on the rows that fill an incomplete batch.
 
     `bucket_by_length` (endless shuffled training only): batches of similar lengths, their
     sequence fields cut to the batch's longest row rounded up to 8 (data/length_buckets.py).
@@ -270,11 +275,16 @@ class TaskData:
                   for record in (source.__getitems__(real) if real else [])]
       examples += [{**blank, "example_weight": np.float32(0)}] * (len(rows) - len(real))
       batch = _stack(examples)
+      for key, values in (joined or {}).items():
+        batch[key] = np.zeros((len(rows),) + values.shape[1:], values.dtype)
+        batch[key][:len(real)] = values[real]
       if rows.shape[1] > 2:
         batch = self._trim(batch, dict(zip(fields, rows[0, 2:].tolist())))
       return batch
 
     if bucket_by_length:
+      if joined:
+        raise ValueError("joined fields are not cut to length buckets")
       if not shuffle or num_epochs is not None:
         raise ValueError("bucket_by_length is for endless shuffled training batches")
       check_process_split(batch_size, process_index, process_count)

@@ -81,6 +81,11 @@ def iter_documents(paths: Sequence[str], skips: SkipCounter,
       yield sentences
 
 
+def read_lines(path: str) -> Iterator[tuple[int, str]]:
+  """(line number, text without newline) of a UTF-8 text file; bad bytes name the line."""
+  return _lines(path)
+
+
 def read_tsv(path: str, num_columns: Sequence[int], header: bool | None = None
              ) -> Iterator[tuple[int, list[str]]]:
   """(line number, fields) of a tab-separated file without quoting.

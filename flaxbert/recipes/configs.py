@@ -304,9 +304,14 @@ class DistillConfig(FinetuneConfig):
   alpha: float = setting(0.5, help="weight of the KD term, T^2 KL(teacher_T || student_T); "
                          "1 - alpha weighs the cross-entropy on the hard labels")
   unlabeled: tuple[str, ...] = setting(
-      (), metavar="FILE", help="more texts for the transfer set, without labels (classify: a "
-      "sentence, or sentence1<TAB>sentence2, per line): the student learns the teacher's "
-      "outputs on them (KD term only)")
+      (), metavar="FILE", help="more texts for the transfer set, without labels (classify and "
+      "regression: a sentence, or sentence1<TAB>sentence2, per line; ner: raw text, a "
+      "sentence per line; qa: SQuAD JSON, answers not needed): the student learns the "
+      "teacher's outputs on them (KD term only)")
+  cache_teacher: bool = setting(
+      False, help="run the teacher once over the transfer set before training (its outputs "
+      "stored in WORKDIR/data) instead of in every step, which then trains the student "
+      "alone; not with losses on the teacher's hidden states or attention")
 
 
 def _field_of(cls, name: str, **metadata):

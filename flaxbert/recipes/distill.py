@@ -5,8 +5,11 @@ What it declares, the mechanism being the fine-tune's (recipes/finetune.py `trai
 - the teacher: a classify (or regression), NER or QA bundle, loaded once; its parameters go
   onto the mesh, sharded as a trained model's would be, and enter every step as a frozen
   input (not trained, not in the optimizer state, not donated, not checkpointed);
-- the transfer set: the training file, and `--unlabeled` texts (classify) whose examples
-  have no label (-1): they add to the KD term only;
+- the transfer set: the training file, and `--unlabeled` files whose examples have no label
+  (classify -1, regression NaN, ner tags -1 with every word's first sub-token a KD position,
+  qa start/end -1): they add to the KD term only;
+- `--cache-teacher` (training/teacher_cache.py): the teacher's outputs computed once per
+  example and joined to the batches; the step then runs the student alone;
 - the student (bundle/student.py): N evenly spaced layers of the teacher, a preset or
   config, or a bundle; `--set` changes how it computes, as in fine-tuning;
 - the loss (training/objectives.py `distillation`): alpha * T^2 * KL(teacher_T ||
@@ -31,7 +34,7 @@ from flaxbert.jsonfile import read_json
 from flaxbert.models.factory import dummy_inputs
 from flaxbert.recipes import finetune as finetune_lib
 from flaxbert.recipes.configs import DistillConfig
-from flaxbert.training import objectives
+from flaxbert.training import objectives, teacher_cache
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.state import place_params
 
@@ -60,9 +63,23 @@ def _check(cfg: DistillConfig, mesh) -> None:
     raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
   if cfg.student_layers is not None and cfg.student_layers < 1:
     raise FlaxbertError("--student-layers must be positive")
-  if cfg.unlabeled and cfg.task_name != "classify":
-    raise FlaxbertError(f"--unlabeled: only classify teachers take unlabeled texts so far, "
-                        f"not {cfg.task_name}")
+  check_cache_teacher(cfg)
+
+
+# The DistillConfig fields of losses on the teacher's layers (hidden states, attention).
+FEATURE_LOSS_WEIGHTS = ("hidden_weight", "attention_weight")
+
+
+def check_cache_teacher(cfg: DistillConfig) -> None:
+  """--cache-teacher stores the head's outputs only: losses on the teacher's layers need
+  them at every step."""
+  if not cfg.cache_teacher:
+    return
+  for name in FEATURE_LOSS_WEIGHTS:
+    if getattr(cfg, name, 0):
+      flag = "--" + name.replace("_", "-")
+      raise FlaxbertError(f"--cache-teacher stores the teacher's outputs, not its layers: "
+                          f"{flag} needs the teacher at every step; drop one of the two")
 
 
 def distill(cfg: DistillConfig) -> dict:
@@ -91,14 +108,24 @@ def _distill(run: Run) -> dict:
   def frozen():
     return (place_params(teacher.model, teacher.params, run.mesh, dummy_inputs()),)
 
+  def cached(data):
+    return teacher_cache.teacher_outputs(
+        teacher, data, run.mesh, run.path("data", "teacher_outputs"), cfg.eval_batch_size,
+        show_progress=run.is_main and cfg.progress)
+
+  if cfg.cache_teacher:
+    steps = dict(objective=lambda model: objectives.distillation_from_batch(
+        model, cfg.head, cfg.temperature, cfg.alpha), joined=cached)
+  else:
+    steps = dict(objective=lambda model: objectives.distillation(
+        model, teacher.model, cfg.head, cfg.temperature, cfg.alpha), frozen=frozen)
   return finetune_lib.train_task(
-      run, student_for, tokenizer_from=cfg.init,
-      objective=lambda model: objectives.distillation(model, teacher.model, cfg.head,
-                                                      cfg.temperature, cfg.alpha),
-      frozen=frozen, known_labels=teacher.labels,
+      run, student_for, tokenizer_from=cfg.init, **steps, known_labels=teacher.labels,
+      more_train_keys=("kd_token_mask",) if cfg.unlabeled and cfg.head == "tagging" else (),
       unlabeled=tuple(os.path.abspath(path) for path in cfg.unlabeled),
       more_results={"teacher": os.path.abspath(cfg.init),
                     "teacher_layers": teacher.config.num_layers,
                     "student": cfg.student, "student_layers": student.config.num_layers,
                     "temperature": cfg.temperature, "alpha": cfg.alpha,
-                    "unlabeled_files": list(cfg.unlabeled)})
+                    "unlabeled_files": list(cfg.unlabeled),
+                    "cache_teacher": cfg.cache_teacher})

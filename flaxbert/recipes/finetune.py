@@ -23,9 +23,11 @@ import math
 import os
 from typing import Any, Callable
 
+import numpy as np
+
 from flaxbert import bundle as bundle_lib
 from flaxbert import sharding as mesh_lib
-from flaxbert.data.pipeline import finetune_data
+from flaxbert.data.pipeline import TaskData, finetune_data
 from flaxbert.errors import FlaxbertError
 from flaxbert.jsonfile import read_json, read_json_lines, write_json
 from flaxbert.models.config import BertConfig
@@ -121,14 +123,18 @@ def _finetune(run: Run) -> dict:
 def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bundle], *,
                tokenizer_from: str, objective: Callable[[Any], Objective],
                frozen: Callable[[], tuple] = tuple, known_labels: list[str] | None = None,
-               unlabeled: tuple[str, ...] = (), more_results: dict | None = None) -> dict:
+               unlabeled: tuple[str, ...] = (), more_results: dict | None = None,
+               joined: Callable[[TaskData], dict[str, np.ndarray]] | None = None,
+               more_train_keys: tuple[str, ...] = ()) -> dict:
   """A run that trains a bundle on a task's files, the fine-tune's skeleton (module
   docstring): `make_bundle(labels of the training file)` gives the model to train, its labels
   the ones the data and the dev scores use; `objective(model)` its loss; `frozen()` the
   further inputs of every step (a distillation teacher's parameters, on the mesh);
   `known_labels` the labels dev files may hold (default: the training file's); `unlabeled`
-  files of texts trained on beside the training file (classify; their label is -1);
-  `more_results` more entries of results.json."""
+  files of texts trained on beside the training file (without labels: -1, regression NaN);
+  `more_results` more entries of results.json; `joined(prepared data)` per-example arrays
+  joined to each training batch (TaskData.batches; a distillation's cached teacher outputs),
+  made before `frozen()`; `more_train_keys` further batch fields the step reads."""
   cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
   task = registry.get(cfg.task, cfg.regression)
   prepared = run.prepare(lambda: task.prepare_files(
@@ -158,8 +164,10 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
   n_train = data.num_examples("train")
   steps_per_epoch = max(1, n_train // cfg.batch_size)
   total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-  train_batches = _TrainBatches(data.batches("train", batch_size=cfg.batch_size, seed=cfg.seed),
-                                task.train_keys)
+  fields = joined(data) if joined is not None else {}
+  train_batches = _TrainBatches(data.batches("train", batch_size=cfg.batch_size, seed=cfg.seed,
+                                             joined=fields),
+                                (*task.train_keys, *more_train_keys, *fields))
 
   opt_cfg = optim.OptimizerConfig(
       name="adamw", learning_rate=cfg.learning_rate,

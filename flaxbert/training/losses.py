@@ -170,17 +170,23 @@ def distill_sums(head: str, student, teacher, batch, temperature: float):
                        temperature) for k in ("start_logits", "end_logits"))
   else:
     kd = _kl(teacher["logits"], student["logits"], temperature)
-  hard = head_sums(head, student, {**batch, "example_weight": _hard_example_weight(head, batch)})
+  labelled = {**batch, "example_weight": _hard_example_weight(head, batch)}
+  if head == "regression":   # NaN marks an unlabelled value: weight 0, and no NaN gradient
+    labelled["label"] = jnp.nan_to_num(batch["label"].astype(jnp.float32))
+  hard = head_sums(head, student, labelled)
   return {"kd_loss": jnp.sum(w_kd * kd), "kd_weight": jnp.sum(w_kd), **hard}
 
 
 def _hard_example_weight(head: str, batch):
-  """The example weights of the hard-label term: 0 for unlabelled examples (label -1)."""
+  """The example weights of the hard-label term: 0 for unlabelled examples (label -1; a
+  regression's NaN). Tagging's unlabelled tokens are -1 already (head_weights)."""
   key = {"span_qa": "start_position", "classification": "label", "regression": "label",
          "tagging": "labels"}[head]
   w = _example_weight(batch, batch[key].shape[0])
   if head in ("classification", "span_qa"):
     w = w * (batch[key] >= 0).astype(jnp.float32)
+  elif head == "regression":
+    w = w * jnp.isfinite(batch[key]).astype(jnp.float32)
   return w
 
 

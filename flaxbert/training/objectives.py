@@ -86,6 +86,27 @@ def mlm_distillation(student: nn.Module, teacher: nn.Module, temperature: float,
                    summarise=losses.summarise_mlm_distill(alpha))
 
 
+TEACHER_PREFIX = "teacher_"   # batch fields of the teacher's stored outputs
+
+
+def distillation_from_batch(student: nn.Module, head: str, temperature: float,
+                            alpha: float) -> Objective:
+  """`distillation` with the teacher's outputs read from the batch (`teacher_logits`, or
+  `teacher_start_logits` and `teacher_end_logits`: training/teacher_cache.py computed them
+  once per example): the step runs the student alone and takes no frozen inputs."""
+
+  def sums(params, batch, key):
+    inputs = {k: batch[k] for k in BERT_INPUTS}
+    taught = {k[len(TEACHER_PREFIX):]: v for k, v in batch.items()
+              if k.startswith(TEACHER_PREFIX)}
+    return losses.distill_sums(head, _apply(student, params, key, **inputs), taught, batch,
+                               temperature)
+
+  return Objective(sums=sums, totals=lambda batch: losses.distill_totals(head, batch),
+                   loss=losses.distill_loss(alpha),
+                   summarise=losses.summarise_distill(head, alpha))
+
+
 def seq2seq(model: nn.Module, label_smoothing: float = 0.0) -> Objective:
   """Teacher-forced, label-smoothed cross-entropy over the global batch's target tokens."""
 
