@@ -118,17 +118,33 @@ def _finetune(run: Run) -> dict:
                     objective=lambda model: objectives.finetuning(model, cfg.head))
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainee:
+  """What the loop trains when it is more than the bundle's model (a distillation student with
+  its training-only projection): `model` and its `initial_params` (host arrays); the bundle's
+  parameters are the trained ones under `bundle_key` (None: all of them), which dev scoring,
+  best/ and bundle/ use."""
+  model: Any
+  initial_params: Any
+  bundle_key: str | None = None
+
+  def bundle_params(self, params):
+    return params if self.bundle_key is None else params[self.bundle_key]
+
+
 def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bundle], *,
                tokenizer_from: str, objective: Callable[[Any], Objective],
                frozen: Callable[[], tuple] = tuple, known_labels: list[str] | None = None,
-               unlabeled: tuple[str, ...] = (), more_results: dict | None = None) -> dict:
+               unlabeled: tuple[str, ...] = (), more_results: dict | None = None,
+               trainee: Callable[[bundle_lib.Bundle], Trainee] | None = None) -> dict:
   """A run that trains a bundle on a task's files, the fine-tune's skeleton (module
   docstring): `make_bundle(labels of the training file)` gives the model to train, its labels
   the ones the data and the dev scores use; `objective(model)` its loss; `frozen()` the
   further inputs of every step (a distillation teacher's parameters, on the mesh);
   `known_labels` the labels dev files may hold (default: the training file's); `unlabeled`
   files of texts trained on beside the training file (classify; their label is -1);
-  `more_results` more entries of results.json."""
+  `more_results` more entries of results.json; `trainee(bundle)` what the loop trains and
+  `objective` gets, when not the bundle's model and parameters."""
   cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
   task = registry.get(cfg.task, cfg.regression)
   prepared = run.prepare(lambda: task.prepare_files(
@@ -145,10 +161,13 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
 
   bundle = make_bundle(labels)
   labels = bundle.labels
+  trained = trainee(bundle) if trainee else Trainee(bundle.model, bundle.params)
   task.for_bundle(bundle, cfg.init, settings)   # the head and the length the bundle takes
   tokenizer_dir = run.tokenizer(copy_from=tokenizer_from)
   run.record(model="bert", head=cfg.head, num_labels=getattr(bundle.model, "num_labels", None),
              labels=labels, model_config=bundle.config.to_dict())
+  if trained.bundle_key is not None:   # for `flaxbert export WORKDIR` (training/run.py)
+    run.record(bundle_params_key=trained.bundle_key)
   data_settings = task.data_settings(labels, settings)
   if unlabeled:
     data_settings["unlabeled"] = list(unlabeled)
@@ -178,6 +197,7 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
   early, loop_steps = _early_stopping(run, metric, total_steps)
 
   def evaluate(params, step):
+    params = trained.bundle_params(params)
     predicted = predict(params, dev)
     scores = dev.score(predicted)
     main = scores[metric]
@@ -201,13 +221,14 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
       total_steps=loop_steps, eval_every=cfg.eval_every or steps_per_epoch,
       checkpoint_every=cfg.checkpoint_every or steps_per_epoch, desc=run.kind.replace("-", " "),
       tokens_per_step=cfg.batch_size * cfg.max_seq_length)
-  result = run.train(loop_cfg, model=model, tx=tx, dummy_inputs=dummy_inputs(),
-                     train_step=make_train_step(objective(model), tx,
+  result = run.train(loop_cfg, model=trained.model, tx=tx, dummy_inputs=dummy_inputs(),
+                     train_step=make_train_step(objective(trained.model), tx,
                                                 optim.learning_rate_schedule(opt_cfg),
                                                 cfg.accum_steps),
-                     data=train_batches, evaluate=evaluate, initial_params=bundle.params,
+                     data=train_batches, evaluate=evaluate,
+                     initial_params=trained.initial_params,
                      stop=stop if early is not None else None, frozen=frozen())
-  run.save_bundle("bundle", bundle, params=result.state.params,
+  run.save_bundle("bundle", bundle, params=trained.bundle_params(result.state.params),
                   files=_settings_file(settings))
   results = {}
   if is_main:
