@@ -1,7 +1,8 @@
 """Distillation: the student built from the teacher's layers, the KD loss against its formula
-in numpy, and `flaxbert distill` end to end on a tiny classify teacher (loss falls, best/
-predicts, a run stopped by SIGTERM resumes to the uninterrupted run's metrics, bad input is
-one line)."""
+in numpy, the feature terms' objective against distill_losses' paper losses, and `flaxbert
+distill` end to end on a tiny classify teacher with a narrower student and every loss term
+(losses fall, best/ predicts, the projection stays in the checkpoints, a run stopped by
+SIGTERM resumes to the uninterrupted run's metrics, bad input is one line)."""
 
 import json
 import os
@@ -9,7 +10,6 @@ import signal
 import threading
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -18,8 +18,8 @@ from conftest import SHARED_DATA, call_cli, snapshot
 from flaxbert import bundle as bundle_lib
 from flaxbert.bundle import student as student_lib
 from flaxbert.errors import FlaxbertError
-from flaxbert.models.factory import dummy_inputs
 from flaxbert.training import losses
+from flaxbert.training.run import _latest_params
 
 
 def test_layer_indices_are_evenly_spaced_like_distilbert():
@@ -42,9 +42,13 @@ def classify_teacher(tmp_path_factory):
   labels = ["negative", "neutral", "positive"]
   bundle = bundle_lib.load(str(root / "hf"), head="classification", num_labels=3, labels=labels)
   bundle.labels = labels
-  # A confident teacher (a random head's logits are near 0: nothing to distil).
+  # A confident teacher (a random head's logits are near 0: nothing to distil), with queries,
+  # keys and values 4 times larger: attention and value relations with shape (a random
+  # model's are all near uniform: nothing for MiniLM's loss to learn).
   dense = bundle.params["classifier"]["dense"]
   dense["kernel"] = dense["kernel"] * 30
+  qkv = bundle.params["bert"]["encoder"]["layers"]["attention"]["qkv"]
+  qkv["kernel"] = qkv["kernel"] * 4
   bundle_lib.replace(str(root / "teacher"), bundle,
                      files={"finetune.json": {"task": "classify", "max_seq_length": 32}})
   return str(root / "teacher")
@@ -170,28 +174,52 @@ def _distill(teacher, workdir, *extra):
           "--batch-size", "8", "--epochs", "2", "--lr", "2e-3", "--log-every", "1", "--sync-checkpoints", "--quiet", *extra]
 
 
-# A fresh 1-layer student of the tiny preset: it starts far from the teacher (the students
-# taken from the teacher's layers start close, see the test above).
-STUDENT = ("--student", "tiny", "--student-layers", "1", "--alpha", "0.9")
+def _narrow_config(directory):
+  """An HF config.json of a student narrower than the teacher (16 wide, 4 heads of 4; the
+  teacher is 32 wide, 2 heads of 16): a projection and regrouped relation heads needed. Its
+  initializer range is large enough that its queries and keys are not all near 0, where the
+  attention relations' gradients vanish (a run of 9 steps would hardly move them)."""
+  path = os.path.join(directory, "narrow.json")
+  with open(path, "w") as f:
+    json.dump({"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": 32, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+               "attention_probs_dropout_prob": 0.0, "initializer_range": 0.2}, f)
+  return path
+
+
+def _student(directory):
+  """A fresh 2-layer narrow student (it starts far from the teacher; the students taken from
+  the teacher's layers start close, see the test above), learning the teacher's logits,
+  hidden states (through a projection to the teacher's width) and last-layer attention
+  relations (4 heads against 2: regrouped into 2 relation heads)."""
+  return ("--student", _narrow_config(directory), "--alpha", "0.9",
+          "--hidden-weight", "1", "--attention-weight", "1", "--relation-heads", "2")
 
 
 def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_teacher,
                                                                      tmp_path):
   before = snapshot(classify_teacher)
-  student = (*STUDENT, "--unlabeled", _unlabeled(tmp_path))
+  student = (*_student(tmp_path), "--unlabeled", _unlabeled(tmp_path))
   reference = str(tmp_path / "reference")
   rc, out, err = call_cli(*_distill(classify_teacher, reference, *student))
   assert rc == 0, err[-3000:]
-  assert "1-layer student" in out
+  assert "2-layer student" in out
   rows = _metrics(reference)
   # 48 labelled + 16 unlabelled examples, 8 a batch, 2 epochs
   assert [r["step"] for r in rows] == list(range(1, 17)) and "dev_accuracy" in rows[-1]
   kd = [r["kd_loss"] for r in rows]
   assert sum(kd[-3:]) < 0.7 * sum(kd[:3]), kd   # the student learns the teacher's outputs
+  for name, ratio in (("hidden_loss", 0.9), ("attention_loss", 0.5)):   # and its features
+    values = [r[name] for r in rows]
+    assert sum(values[-3:]) < ratio * sum(values[:3]), (name, values)
+  for r in rows:   # the logged loss is the objective: KD/hard mix + the weighted terms
+    np.testing.assert_allclose(r["loss"], 0.9 * r["kd_loss"] + 0.1 * r["hard_loss"]
+                               + r["hidden_loss"] + r["attention_loss"], rtol=1e-4)
   results = json.load(open(os.path.join(reference, "results.json")))
   assert (results["task"], results["student_layers"], results["teacher_layers"]) == (
-      "classify", 1, 4)
+      "classify", 2, 4)
   assert (results["train_examples"], results["train_features"]) == (48, 64)
+  assert results["layer_map"] == [[0, 0], [1, 2], [2, 4]] and results["relation_heads"] == 2
   assert snapshot(classify_teacher) == before   # the teacher is only read
   # best/ is a bundle like any other: predict + evaluate give its recorded dev score
   dev = os.path.join(reference, "data", "dev_subset.tsv")
@@ -204,7 +232,15 @@ def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_t
   assert rc == 0, err
   assert json.loads(out)["accuracy"] == results["best"]["dev"]["accuracy"]
   config = json.load(open(os.path.join(reference, "best", "config.json")))
-  assert config["config"]["num_layers"] == 1 and config["labels"] == results["labels"]
+  assert config["config"]["num_layers"] == 2 and config["labels"] == results["labels"]
+  # The checkpoints hold the trained projection to the teacher's width; best/ and bundle/
+  # the student alone (bundle/: the last checkpoint's student, exactly).
+  checkpoint = _latest_params(reference)
+  assert set(checkpoint) == {"student", "projection"}
+  assert checkpoint["projection"]["kernel"].shape == (16, 32)
+  final = bundle_lib.load(os.path.join(reference, "bundle"))
+  assert final.config.hidden_size == 16 and set(final.params) == {"bert", "classifier"}
+  jax.tree.map(np.testing.assert_array_equal, final.params, checkpoint["student"])
 
   # SIGTERM mid-run (this process; the loop checkpoints and exits 143), then the same
   # command: it resumes and ends with the uninterrupted run's metrics, bit for bit.
@@ -247,6 +283,15 @@ def test_bad_teacher_or_student_is_one_line(classify_teacher, tiny_hf, tmp_path)
   rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w3"), "--unlabeled",
                                   str(tmp_path / "absent.txt")))
   assert rc == 2 and "absent.txt: no such file" in err, err
+  # A student of another head count needs --relation-heads (caught before any training), and
+  # --relation-heads the attention loss.
+  narrow = ("--student", _narrow_config(tmp_path), "--attention-weight", "1")
+  rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w4"), *narrow))
+  assert rc == 2 and "give --relation-heads R" in err, err
+  assert not os.path.isdir(str(tmp_path / "w4" / "checkpoints"))
+  rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w5"), "--relation-heads",
+                                  "2"))
+  assert rc == 2 and "give --attention-weight" in err, err
   assert "Traceback" not in err
 
 
@@ -283,39 +328,17 @@ def test_ner_teacher_distils_into_a_tagging_bundle(classify_teacher, tmp_path):
 
 # --- feature (intermediate) distillation ------------------------------------------------------
 
-def _narrow_config(directory):
-  """An HF config.json of a student narrower than the teacher (16 wide, 4 heads of 4; the
-  teacher is 32 wide, 2 heads of 16): a projection and regrouped relation heads needed. Its
-  initializer range is large enough that its queries and keys are not all near 0, where the
-  attention relations' gradients vanish (a run of 9 steps would hardly move them)."""
-  path = os.path.join(directory, "narrow.json")
-  with open(path, "w") as f:
-    json.dump({"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "intermediate_size": 32, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-               "attention_probs_dropout_prob": 0.0, "initializer_range": 0.2}, f)
-  return path
-
-
-def _attentive_teacher(classify_teacher, directory):
-  """The classify teacher with its queries, keys and values 4 times larger: attention and
-  value relations with shape (a random model's are all near uniform: nothing to learn)."""
-  teacher = bundle_lib.load(classify_teacher)
-  qkv = teacher.params["bert"]["encoder"]["layers"]["attention"]["qkv"]
-  qkv["kernel"] = np.asarray(qkv["kernel"]) * 4
-  path = os.path.join(directory, "attentive_teacher")
-  bundle_lib.replace(path, teacher)
-  return path
-
-
 def test_feature_objective_adds_the_weighted_paper_losses_to_the_kd_loss(classify_teacher,
                                                                         tmp_path):
   from flaxbert.training import distill_features, distill_losses, objectives
   teacher = bundle_lib.load(classify_teacher)
-  # The recipe's own student and initial parameters (the run below then finds its init compiled)
+  # The recipe's own student (the end-to-end run above compiled its init) and initial params
   fresh = student_lib.fresh(teacher, _narrow_config(tmp_path), None, 0)
   student = fresh.model
   trained = distill_features.StudentWithProjection(student, 32)
   initial = distill_features.initial_params(trained, fresh.params, jax.random.key(1))
+  assert set(initial) == {"student", "projection"}   # the projection: 16 wide -> 32 wide
+  assert initial["projection"]["kernel"].shape == (16, 32)
   rng = np.random.default_rng(0)
   ids = rng.integers(5, 900, size=(4, 12)).astype(np.int32)
   mask = np.ones((4, 12), np.int32)
@@ -345,27 +368,25 @@ def test_feature_objective_adds_the_weighted_paper_losses_to_the_kd_loss(classif
                                                             **inputs)
     real = batch["input_mask"] * (batch["example_weight"][:, None] > 0)
     projection = params["projection"]
-    hidden = distill_losses.hidden_state_loss(
-        s_hidden, t_hidden, real, features.layer_map,
-        project=lambda h: h @ projection["kernel"] + projection["bias"])
+    project = lambda h: h @ projection["kernel"] + projection["bias"]  # noqa: E731
+    hidden = distill_losses.hidden_state_loss(s_hidden, t_hidden, real, features.layer_map,
+                                              project)
     attention = distill_losses.minilm_loss(s_attention, t_attention, real, relation_heads=2)
-    # Sums of two microbatches over the whole batch's totals: the whole batch's loss.
-    halves = [jax.tree.map(lambda x, i=i: x[2 * i:2 * i + 2], batch) for i in range(2)]
-    added = jax.tree.map(lambda a, b: a + b, *[with_features.sums(params, half, None,
-                                                                  teacher_params)
-                                               for half in halves])
+    # Microbatch sums (two halves of the batch) add up to the whole batch's loss.
+    def half(i):
+      cut = lambda x, axis: jax.lax.slice_in_dim(x, 2 * i, 2 * i + 2, axis=axis)  # noqa: E731
+      sown = [(cut(hidden_states, 1), jax.tree.map(lambda x: cut(x, 0), relations))
+              for hidden_states, relations in ((s_hidden, s_attention), (t_hidden, t_attention))]
+      return distill_features.feature_sums(*sown, cut(real, 0), features, project)
+    added = jax.tree.map(lambda a, b: a + b, half(0), half(1))
+    totals = distill_features.feature_totals(real)
     return {"loss": loss, "metrics": with_features.summarise(sums),
-            "plain": loss_of(plain, params["student"])[0], "off": loss_of(off, params)[0],
+            "plain": loss_of(plain, params["student"])[0],
+            "off": off.loss(sums, off.totals(batch)),   # weights 0
             "hidden": hidden, "attention": attention,
-            "accumulated": with_features.loss(added, with_features.totals(batch))}
+            "features": distill_features.feature_loss(features, sums, totals),
+            "accumulated": distill_features.feature_loss(features, added, totals)}
 
-  # The trained tree: the student, and the projection from its width to the teacher's, of
-  # the structure the loop's init makes.
-  assert set(initial) == {"student", "projection"}
-  assert jax.tree.structure(initial) == jax.tree.structure(jax.eval_shape(
-      lambda key: nn.meta.unbox(trained.init(key, **dummy_inputs())["params"]),
-      jax.random.key(0)))
-  assert initial["projection"]["kernel"].shape == (16, 32)
   out = jax.device_get(compute(initial, teacher.params, batch))
   hidden, attention = float(out["hidden"]), float(out["attention"])
   assert hidden > 0 and attention > 0
@@ -374,49 +395,7 @@ def test_feature_objective_adds_the_weighted_paper_losses_to_the_kd_loss(classif
   metrics = out["metrics"]
   np.testing.assert_allclose([metrics["hidden_loss"], metrics["attention_loss"], metrics["loss"]],
                              [hidden, attention, out["loss"]], rtol=1e-5)
-  np.testing.assert_allclose(out["accumulated"], out["loss"], rtol=1e-5)
-  assert out["off"] == out["plain"]   # weights 0: exactly the logit distillation's loss
-
-
-def test_feature_distillation_trains_a_narrower_student_saved_without_projection(
-    classify_teacher, tmp_path):
-  from flaxbert.training.run import _latest_params
-  workdir = str(tmp_path / "w")
-  teacher = _attentive_teacher(classify_teacher, tmp_path)
-  features = ("--student", _narrow_config(tmp_path), "--alpha", "0.9", "--hidden-weight", "1",
-              "--attention-weight", "2", "--relation-heads", "2")
-  rc, _, err = call_cli(*_distill(teacher, workdir, *features, "--epochs", "1.5", "--lr",
-                                  "1e-2"))
-  assert rc == 0, err[-3000:]
-  rows = _metrics(workdir)
-  assert len(rows) == 9
-  for name in ("hidden_loss", "attention_loss"):
-    values = [r[name] for r in rows]
-    assert sum(values[-3:]) < 0.75 * sum(values[:3]), (name, values)
-  for r in rows:   # the logged loss is the objective: KD/hard mix + the weighted terms
-    np.testing.assert_allclose(r["loss"], 0.9 * r["kd_loss"] + 0.1 * r["hard_loss"]
-                               + r["hidden_loss"] + 2 * r["attention_loss"], rtol=1e-4)
-  results = json.load(open(os.path.join(workdir, "results.json")))
-  assert results["layer_map"] == [[0, 0], [1, 2], [2, 4]] and results["relation_heads"] == 2
-  # The checkpoint holds the trained projection; best/ holds the student alone.
-  checkpoint = _latest_params(workdir)
-  assert set(checkpoint) == {"student", "projection"}
-  assert checkpoint["projection"]["kernel"].shape == (16, 32)
-  best = bundle_lib.load(os.path.join(workdir, "best"))
-  assert best.config.hidden_size == 16 and set(best.params) == {"bert", "classifier"}
-  assert jax.tree.structure(best.params) == jax.tree.structure(checkpoint["student"])
-  dev = os.path.join(workdir, "data", "dev_subset.tsv")
-  predictions = str(tmp_path / "dev_predictions.tsv")
-  rc, _, err = call_cli("predict", os.path.join(workdir, "best"), "--task", "classify",
-                        "--input", dev, "--output", predictions, "--quiet")
-  assert rc == 0, err[-3000:]
-  rc, out, err = call_cli("evaluate", "--task", "classify", "--predictions", predictions,
-                          "--gold", dev)
-  assert rc == 0 and json.loads(out)["accuracy"] == results["best"]["dev"]["accuracy"]
-  # A student whose head count differs needs --relation-heads: one line, nothing trained.
-  rc, _, err = call_cli(*_distill(teacher, str(tmp_path / "w2"), *features[:-2]))
-  assert rc == 2 and "give --relation-heads R" in err and "Traceback" not in err, err
-  assert not os.path.isdir(str(tmp_path / "w2" / "checkpoints"))
-  rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w3"), "--relation-heads",
-                                  "2"))
-  assert rc == 2 and "give --attention-weight" in err, err
+  np.testing.assert_allclose(out["features"], 0.5 * hidden + 0.25 * attention, rtol=1e-5)
+  np.testing.assert_allclose(out["accumulated"], out["features"], rtol=1e-5)
+  # Weights 0: the logit distillation's loss (its sums unchanged by the sowing forward passes)
+  np.testing.assert_allclose(out["off"], out["plain"], rtol=1e-6)
