@@ -241,6 +241,10 @@ def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_t
   final = bundle_lib.load(os.path.join(reference, "bundle"))
   assert final.config.hidden_size == 16 and set(final.params) == {"bert", "classifier"}
   jax.tree.map(np.testing.assert_array_equal, final.params, checkpoint["student"])
+  exported = str(tmp_path / "exported")   # `flaxbert export WORKDIR`: the student too
+  rc, _, err = call_cli("export", reference, "--out", exported)
+  assert rc == 0, err[-3000:]
+  jax.tree.map(np.testing.assert_array_equal, bundle_lib.load(exported).params, final.params)
 
   # SIGTERM mid-run (this process; the loop checkpoints and exits 143), then the same
   # command: it resumes and ends with the uninterrupted run's metrics, bit for bit.
