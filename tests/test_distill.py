@@ -1,8 +1,9 @@
 """Distillation: the student built from the teacher's layers, the KD loss against its formula
-in numpy, and `flaxbert distill` end to end on a tiny classify teacher (loss falls, best/
-predicts, a run stopped by SIGTERM resumes to the uninterrupted run's metrics, bad input is
-one line); the teacher's outputs cached, and unlabelled transfer sets of ner, qa and
-regression teachers."""
+in numpy, the feature terms' objective against distill_losses' paper losses, and `flaxbert
+distill` end to end on a tiny classify teacher with a narrower student and every loss term
+(losses fall, best/ predicts, the projection stays in the checkpoints, a run stopped by
+SIGTERM resumes to the uninterrupted run's metrics, bad input is one line); the teacher's
+outputs cached, and unlabelled transfer sets of ner, qa and regression teachers."""
 
 import json
 import os
@@ -27,6 +28,7 @@ from flaxbert.errors import FlaxbertError
 from flaxbert.recipes import distill as distill_lib
 from flaxbert.models.factory import dummy_inputs
 from flaxbert.training import losses, objectives, teacher_cache
+from flaxbert.training.run import _latest_params
 from flaxbert.training.state import place_params
 
 
@@ -50,9 +52,13 @@ def classify_teacher(tmp_path_factory):
   labels = ["negative", "neutral", "positive"]
   bundle = bundle_lib.load(str(root / "hf"), head="classification", num_labels=3, labels=labels)
   bundle.labels = labels
-  # A confident teacher (a random head's logits are near 0: nothing to distil).
+  # A confident teacher (a random head's logits are near 0: nothing to distil), with queries,
+  # keys and values 4 times larger: attention and value relations with shape (a random
+  # model's are all near uniform: nothing for MiniLM's loss to learn).
   dense = bundle.params["classifier"]["dense"]
   dense["kernel"] = dense["kernel"] * 30
+  qkv = bundle.params["bert"]["encoder"]["layers"]["attention"]["qkv"]
+  qkv["kernel"] = qkv["kernel"] * 4
   bundle_lib.replace(str(root / "teacher"), bundle,
                      files={"finetune.json": {"task": "classify", "max_seq_length": 32}})
   return str(root / "teacher")
@@ -178,28 +184,52 @@ def _distill(teacher, workdir, *extra):
           "--batch-size", "8", "--epochs", "2", "--lr", "2e-3", "--log-every", "1", "--sync-checkpoints", "--quiet", *extra]
 
 
-# A fresh 1-layer student of the tiny preset: it starts far from the teacher (the students
-# taken from the teacher's layers start close, see the test above).
-STUDENT = ("--student", "tiny", "--student-layers", "1", "--alpha", "0.9")
+def _narrow_config(directory):
+  """An HF config.json of a student narrower than the teacher (16 wide, 4 heads of 4; the
+  teacher is 32 wide, 2 heads of 16): a projection and regrouped relation heads needed. Its
+  initializer range is large enough that its queries and keys are not all near 0, where the
+  attention relations' gradients vanish (a run of 9 steps would hardly move them)."""
+  path = os.path.join(directory, "narrow.json")
+  with open(path, "w") as f:
+    json.dump({"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": 32, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+               "attention_probs_dropout_prob": 0.0, "initializer_range": 0.2}, f)
+  return path
+
+
+def _student(directory):
+  """A fresh 2-layer narrow student (it starts far from the teacher; the students taken from
+  the teacher's layers start close, see the test above), learning the teacher's logits,
+  hidden states (through a projection to the teacher's width) and last-layer attention
+  relations (4 heads against 2: regrouped into 2 relation heads)."""
+  return ("--student", _narrow_config(directory), "--alpha", "0.9",
+          "--hidden-weight", "1", "--attention-weight", "1", "--relation-heads", "2")
 
 
 def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_teacher,
                                                                      tmp_path):
   before = snapshot(classify_teacher)
-  student = (*STUDENT, "--unlabeled", _unlabeled(tmp_path))
+  student = (*_student(tmp_path), "--unlabeled", _unlabeled(tmp_path))
   reference = str(tmp_path / "reference")
   rc, out, err = call_cli(*_distill(classify_teacher, reference, *student))
   assert rc == 0, err[-3000:]
-  assert "1-layer student" in out
+  assert "2-layer student" in out
   rows = _metrics(reference)
   # 48 labelled + 16 unlabelled examples, 8 a batch, 2 epochs
   assert [r["step"] for r in rows] == list(range(1, 17)) and "dev_accuracy" in rows[-1]
   kd = [r["kd_loss"] for r in rows]
   assert sum(kd[-3:]) < 0.7 * sum(kd[:3]), kd   # the student learns the teacher's outputs
+  for name, ratio in (("hidden_loss", 0.9), ("attention_loss", 0.5)):   # and its features
+    values = [r[name] for r in rows]
+    assert sum(values[-3:]) < ratio * sum(values[:3]), (name, values)
+  for r in rows:   # the logged loss is the objective: KD/hard mix + the weighted terms
+    np.testing.assert_allclose(r["loss"], 0.9 * r["kd_loss"] + 0.1 * r["hard_loss"]
+                               + r["hidden_loss"] + r["attention_loss"], rtol=1e-4)
   results = json.load(open(os.path.join(reference, "results.json")))
   assert (results["task"], results["student_layers"], results["teacher_layers"]) == (
-      "classify", 1, 4)
+      "classify", 2, 4)
   assert (results["train_examples"], results["train_features"]) == (48, 64)
+  assert results["layer_map"] == [[0, 0], [1, 2], [2, 4]] and results["relation_heads"] == 2
   assert snapshot(classify_teacher) == before   # the teacher is only read
   # best/ is a bundle like any other: predict + evaluate give its recorded dev score
   dev = os.path.join(reference, "data", "dev_subset.tsv")
@@ -212,7 +242,19 @@ def test_distill_learns_the_teacher_resumes_exactly_and_best_predicts(classify_t
   assert rc == 0, err
   assert json.loads(out)["accuracy"] == results["best"]["dev"]["accuracy"]
   config = json.load(open(os.path.join(reference, "best", "config.json")))
-  assert config["config"]["num_layers"] == 1 and config["labels"] == results["labels"]
+  assert config["config"]["num_layers"] == 2 and config["labels"] == results["labels"]
+  # The checkpoints hold the trained projection to the teacher's width; best/ and bundle/
+  # the student alone (bundle/: the last checkpoint's student, exactly).
+  checkpoint = _latest_params(reference)
+  assert set(checkpoint) == {"student", "projection"}
+  assert checkpoint["projection"]["kernel"].shape == (16, 32)
+  final = bundle_lib.load(os.path.join(reference, "bundle"))
+  assert final.config.hidden_size == 16 and set(final.params) == {"bert", "classifier"}
+  jax.tree.map(np.testing.assert_array_equal, final.params, checkpoint["student"])
+  exported = str(tmp_path / "exported")   # `flaxbert export WORKDIR`: the student too
+  rc, _, err = call_cli("export", reference, "--out", exported)
+  assert rc == 0, err[-3000:]
+  jax.tree.map(np.testing.assert_array_equal, bundle_lib.load(exported).params, final.params)
 
   # SIGTERM mid-run (this process; the loop checkpoints and exits 143), then the same
   # command: it resumes and ends with the uninterrupted run's metrics, bit for bit.
@@ -255,6 +297,15 @@ def test_bad_teacher_or_student_is_one_line(classify_teacher, tiny_hf, tmp_path)
   rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w3"), "--unlabeled",
                                   str(tmp_path / "absent.txt")))
   assert rc == 2 and "absent.txt: no such file" in err, err
+  # A student of another head count needs --relation-heads (caught before any training), and
+  # --relation-heads the attention loss.
+  narrow = ("--student", _narrow_config(tmp_path), "--attention-weight", "1")
+  rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w4"), *narrow))
+  assert rc == 2 and "give --relation-heads R" in err, err
+  assert not os.path.isdir(str(tmp_path / "w4" / "checkpoints"))
+  rc, _, err = call_cli(*_distill(classify_teacher, str(tmp_path / "w5"), "--relation-heads",
+                                  "2"))
+  assert rc == 2 and "give --attention-weight" in err, err
   assert "Traceback" not in err
 
 
@@ -444,3 +495,78 @@ def test_qa_teacher_distils_with_unlabeled_questions_from_its_cache(classify_tea
       str(unlabeled), readers.SkipCounter("t")), 64, 32, 16, unlabeled=True))
   assert windows and all((w["start_position"], w["end_position"]) == (-1, -1)
                          for _, w in windows)
+
+
+# --- feature (intermediate) distillation ------------------------------------------------------
+
+def test_feature_objective_adds_the_weighted_paper_losses_to_the_kd_loss(classify_teacher,
+                                                                        tmp_path):
+  from flaxbert.training import distill_features, distill_losses, objectives
+  teacher = bundle_lib.load(classify_teacher)
+  # The recipe's own student (the end-to-end run above compiled its init) and initial params
+  fresh = student_lib.fresh(teacher, _narrow_config(tmp_path), None, 0)
+  student = fresh.model
+  trained = distill_features.StudentWithProjection(student, 32)
+  initial = distill_features.initial_params(trained, fresh.params, jax.random.key(1))
+  assert set(initial) == {"student", "projection"}   # the projection: 16 wide -> 32 wide
+  assert initial["projection"]["kernel"].shape == (16, 32)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 900, size=(4, 12)).astype(np.int32)
+  mask = np.ones((4, 12), np.int32)
+  mask[1, 7:] = 0
+  mask[2, 3:] = 0
+  batch = {"input_ids": ids, "segment_ids": np.zeros_like(ids), "input_mask": mask,
+           "label": np.array([0, 2, -1, 1]), "example_weight": np.array([1, 1, 1, 0.0])}
+  features = distill_features.FeatureSettings(
+      hidden_weight=0.5, attention_weight=0.25, layer_map=((0, 0), (1, 2), (2, 4)),
+      relation_heads=2)
+  args = (teacher.model, "classification", 2.0, 0.7)
+  plain = objectives.distillation(student, *args)
+  with_features = objectives.feature_distillation(trained, *args, features)
+  off = objectives.feature_distillation(trained, *args, distill_features.FeatureSettings())
+
+  @jax.jit   # one compilation: eager applies of the scanned models compile op by op
+  def compute(params, teacher_params, batch):
+    def loss_of(objective, params, batch=batch):
+      sums = objective.sums(params, batch, None, teacher_params)
+      return objective.loss(sums, objective.totals(batch)), sums
+    loss, sums = loss_of(with_features, params)
+    # The paper losses straight from distill_losses, the padding row (weight 0) left out.
+    inputs = {k: batch[k] for k in ("input_ids", "segment_ids", "input_mask")}
+    _, (t_hidden, t_attention) = distill_features.apply_sown(teacher.model, teacher_params,
+                                                            None, **inputs)
+    _, (s_hidden, s_attention) = distill_features.apply_sown(student, params["student"], None,
+                                                            **inputs)
+    real = batch["input_mask"] * (batch["example_weight"][:, None] > 0)
+    projection = params["projection"]
+    project = lambda h: h @ projection["kernel"] + projection["bias"]  # noqa: E731
+    hidden = distill_losses.hidden_state_loss(s_hidden, t_hidden, real, features.layer_map,
+                                              project)
+    attention = distill_losses.minilm_loss(s_attention, t_attention, real, relation_heads=2)
+    # Microbatch sums (two halves of the batch) add up to the whole batch's loss.
+    def half(i):
+      cut = lambda x, axis: jax.lax.slice_in_dim(x, 2 * i, 2 * i + 2, axis=axis)  # noqa: E731
+      sown = [(cut(hidden_states, 1), jax.tree.map(lambda x: cut(x, 0), relations))
+              for hidden_states, relations in ((s_hidden, s_attention), (t_hidden, t_attention))]
+      return distill_features.feature_sums(*sown, cut(real, 0), features, project)
+    added = jax.tree.map(lambda a, b: a + b, half(0), half(1))
+    totals = distill_features.feature_totals(real)
+    return {"loss": loss, "metrics": with_features.summarise(sums),
+            "plain": loss_of(plain, params["student"])[0],
+            "off": off.loss(sums, off.totals(batch)),   # weights 0
+            "hidden": hidden, "attention": attention,
+            "features": distill_features.feature_loss(features, sums, totals),
+            "accumulated": distill_features.feature_loss(features, added, totals)}
+
+  out = jax.device_get(compute(initial, teacher.params, batch))
+  hidden, attention = float(out["hidden"]), float(out["attention"])
+  assert hidden > 0 and attention > 0
+  np.testing.assert_allclose(out["loss"], out["plain"] + 0.5 * hidden + 0.25 * attention,
+                             rtol=1e-5)
+  metrics = out["metrics"]
+  np.testing.assert_allclose([metrics["hidden_loss"], metrics["attention_loss"], metrics["loss"]],
+                             [hidden, attention, out["loss"]], rtol=1e-5)
+  np.testing.assert_allclose(out["features"], 0.5 * hidden + 0.25 * attention, rtol=1e-5)
+  np.testing.assert_allclose(out["accumulated"], out["features"], rtol=1e-5)
+  # Weights 0: the logit distillation's loss (its sums unchanged by the sowing forward passes)
+  np.testing.assert_allclose(out["off"], out["plain"], rtol=1e-6)

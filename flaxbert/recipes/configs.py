@@ -313,6 +313,21 @@ class DistillConfig(FinetuneConfig):
       "stored in WORKDIR/data) instead of in every step, which then trains the student "
       "alone; not with losses on the teacher's hidden states or attention")
 
+  hidden_weight: float = setting(
+      0.0, metavar="W", help="weight of TinyBERT's hidden-state loss: MSE of the student's "
+      "hidden states (embeddings included, through a learned projection when the widths "
+      "differ) to the teacher's, summed over --layer-map pairs", default_help="0, off")
+  attention_weight: float = setting(
+      0.0, metavar="W", help="weight of MiniLM's last-layer self-attention loss: KL of the "
+      "attention distributions plus KL of the value relations", default_help="0, off")
+  relation_heads: int | None = setting(
+      None, metavar="R", help="compare attention relations over R heads of the concatenated "
+      "query/key/value (MiniLMv2), needed when the teacher and student head counts differ; "
+      "R divides both widths", default_help="each model's own heads")
+  layer_map: str | None = setting(
+      None, metavar="S:T,...", help="the hidden-state pairs of --hidden-weight, student:teacher "
+      "indices, 0 = embeddings, e.g. 0:0,1:2,2:4", default_help="uniform: i to i x teacher "
+      "layers / student layers")
 
 def _field_of(cls, name: str, **metadata):
   """The field `name` of the config class `cls` (its default, flag and help), for another

@@ -14,7 +14,13 @@ What it declares, the mechanism being the fine-tune's (recipes/finetune.py `trai
   config, or a bundle; `--set` changes how it computes, as in fine-tuning;
 - the loss (training/objectives.py `distillation`): alpha * T^2 * KL(teacher_T ||
   student_T) + (1 - alpha) * the head's cross-entropy, in one jitted step whose teacher
-  forward pass is deterministic and under stop_gradient.
+  forward pass is deterministic and under stop_gradient;
+- feature terms (`--hidden-weight`, `--attention-weight`; training/distill_features.py,
+  objectives `feature_distillation`): + TinyBERT's hidden-state MSE over a layer map and
+  MiniLM's last-layer attention and value relations. Both models then sow their hidden states
+  and attention inputs (otherwise neither does: the step is the plain one). A projection from
+  the student's width to the teacher's trains beside the student when the hidden-state term
+  needs one; checkpoints hold it, best/ and bundle/ do not.
 
 Everything else is a fine-tune's: dev scores through `flaxbert predict`'s code, the best
 student in WORKDIR/best/ (a bundle like any other), the last in WORKDIR/bundle/, exact
@@ -27,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
+
 from flaxbert import bundle as bundle_lib
 from flaxbert.bundle import student as student_lib
 from flaxbert.errors import FlaxbertError
@@ -34,7 +42,7 @@ from flaxbert.jsonfile import read_json
 from flaxbert.models.factory import dummy_inputs
 from flaxbert.recipes import finetune as finetune_lib
 from flaxbert.recipes.configs import DistillConfig
-from flaxbert.training import objectives, teacher_cache
+from flaxbert.training import distill_features, distill_losses, objectives, teacher_cache
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.state import place_params
 
@@ -63,6 +71,7 @@ def _check(cfg: DistillConfig, mesh) -> None:
     raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
   if cfg.student_layers is not None and cfg.student_layers < 1:
     raise FlaxbertError("--student-layers must be positive")
+  _check_features(cfg)
   check_cache_teacher(cfg)
 
 
@@ -80,6 +89,63 @@ def check_cache_teacher(cfg: DistillConfig) -> None:
       flag = "--" + name.replace("_", "-")
       raise FlaxbertError(f"--cache-teacher stores the teacher's outputs, not its layers: "
                           f"{flag} needs the teacher at every step; drop one of the two")
+
+
+def _check_features(cfg: DistillConfig) -> None:
+  """The feature settings on their own (against the models: `feature_settings`)."""
+  if cfg.hidden_weight < 0 or cfg.attention_weight < 0:
+    raise FlaxbertError("--hidden-weight and --attention-weight must be at least 0")
+  if cfg.relation_heads is not None:
+    if cfg.attention_weight == 0:
+      raise FlaxbertError("--relation-heads: the attention loss is off; give --attention-weight")
+    if cfg.relation_heads < 1:
+      raise FlaxbertError("--relation-heads must be positive")
+  if cfg.layer_map is not None:
+    if cfg.hidden_weight == 0:
+      raise FlaxbertError("--layer-map: the hidden-state loss is off; give --hidden-weight")
+    parse_layer_map(cfg.layer_map)
+
+
+def parse_layer_map(text: str) -> tuple[tuple[int, int], ...]:
+  """"0:0,1:2" -> ((0, 0), (1, 2))."""
+  pairs = []
+  for pair in text.split(","):
+    student, colon, teacher = pair.partition(":")
+    try:
+      pairs.append((int(student), int(teacher)))
+    except ValueError:
+      raise FlaxbertError(f"--layer-map {text}: expected student:teacher pairs of hidden-state "
+                          "indices, e.g. 0:0,1:2,2:4") from None
+    if not colon or min(pairs[-1]) < 0:
+      raise FlaxbertError(f"--layer-map {text}: {pair!r} is not a student:teacher pair of "
+                          "indices 0 or more")
+  return tuple(pairs)
+
+
+def feature_settings(cfg: DistillConfig, teacher, student) -> distill_features.FeatureSettings:
+  """The feature terms of `cfg`, checked against the two models' shapes: one line, before
+  any training, for what would otherwise fail inside the first step."""
+  t, s = teacher.config, student.config
+  layer_map = ()
+  if cfg.hidden_weight > 0:
+    layer_map = (parse_layer_map(cfg.layer_map) if cfg.layer_map is not None
+                 else distill_losses.uniform_layer_map(s.num_layers, t.num_layers))
+    for i, j in layer_map:
+      if i > s.num_layers or j > t.num_layers:
+        raise FlaxbertError(f"--layer-map: pair {i}:{j} is outside the student's hidden states "
+                            f"0..{s.num_layers} or the teacher's 0..{t.num_layers}")
+  if cfg.attention_weight > 0:
+    widths = (t.num_heads * t.head_dim, s.num_heads * s.head_dim)
+    if cfg.relation_heads is None and t.num_heads != s.num_heads:
+      raise FlaxbertError(f"--attention-weight: the teacher has {t.num_heads} attention heads "
+                          f"and the student {s.num_heads}; give --relation-heads R, a number "
+                          f"that divides both attention widths ({widths[0]} and {widths[1]})")
+    if cfg.relation_heads is not None and any(w % cfg.relation_heads for w in widths):
+      raise FlaxbertError(f"--relation-heads {cfg.relation_heads} must divide both attention "
+                          f"widths, the teacher's {widths[0]} and the student's {widths[1]}")
+  return distill_features.FeatureSettings(
+      hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight,
+      layer_map=layer_map, relation_heads=cfg.relation_heads)
 
 
 def distill(cfg: DistillConfig) -> dict:
@@ -108,14 +174,28 @@ def _distill(run: Run) -> dict:
   def frozen():
     return (place_params(teacher.model, teacher.params, run.mesh, dummy_inputs()),)
 
+  features = feature_settings(cfg, teacher, student)
+
   def cached(data):
     return teacher_cache.teacher_outputs(
         teacher, data, run.mesh, run.path("data", "teacher_outputs"), cfg.eval_batch_size,
         show_progress=run.is_main and cfg.progress)
 
+  def with_projection(bundle):
+    """The student and, for the hidden-state term, the projection to the teacher's width."""
+    trained = distill_features.StudentWithProjection(
+        bundle.model, teacher.config.hidden_size if features.hidden_weight > 0 else None)
+    params = distill_features.initial_params(
+        trained, bundle.params, jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    return finetune_lib.Trainee(trained, params, distill_features.STUDENT)
+
   if cfg.cache_teacher:
     steps = dict(objective=lambda model: objectives.distillation_from_batch(
         model, cfg.head, cfg.temperature, cfg.alpha), joined=cached)
+  elif features.enabled:
+    steps = dict(objective=lambda model: objectives.feature_distillation(
+        model, teacher.model, cfg.head, cfg.temperature, cfg.alpha, features),
+        frozen=frozen, trainee=with_projection)
   else:
     steps = dict(objective=lambda model: objectives.distillation(
         model, teacher.model, cfg.head, cfg.temperature, cfg.alpha), frozen=frozen)
@@ -128,4 +208,7 @@ def _distill(run: Run) -> dict:
                     "student": cfg.student, "student_layers": student.config.num_layers,
                     "temperature": cfg.temperature, "alpha": cfg.alpha,
                     "unlabeled_files": list(cfg.unlabeled),
-                    "cache_teacher": cfg.cache_teacher})
+                    "cache_teacher": cfg.cache_teacher,
+                    **({"hidden_weight": cfg.hidden_weight, "layer_map": features.layer_map,
+                        "attention_weight": cfg.attention_weight,
+                        "relation_heads": cfg.relation_heads} if features.enabled else {})})

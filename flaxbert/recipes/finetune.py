@@ -120,12 +120,27 @@ def _finetune(run: Run) -> dict:
                     objective=lambda model: objectives.finetuning(model, cfg.head))
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainee:
+  """What the loop trains when it is more than the bundle's model (a distillation student with
+  its training-only projection): `model` and its `initial_params` (host arrays); the bundle's
+  parameters are the trained ones under `bundle_key` (None: all of them), which dev scoring,
+  best/ and bundle/ use."""
+  model: Any
+  initial_params: Any
+  bundle_key: str | None = None
+
+  def bundle_params(self, params):
+    return params if self.bundle_key is None else params[self.bundle_key]
+
+
 def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bundle], *,
                tokenizer_from: str, objective: Callable[[Any], Objective],
                frozen: Callable[[], tuple] = tuple, known_labels: list[str] | None = None,
                unlabeled: tuple[str, ...] = (), more_results: dict | None = None,
                joined: Callable[[TaskData], dict[str, np.ndarray]] | None = None,
-               more_train_keys: tuple[str, ...] = ()) -> dict:
+               more_train_keys: tuple[str, ...] = (),
+               trainee: Callable[[bundle_lib.Bundle], Trainee] | None = None) -> dict:
   """A run that trains a bundle on a task's files, the fine-tune's skeleton (module
   docstring): `make_bundle(labels of the training file)` gives the model to train, its labels
   the ones the data and the dev scores use; `objective(model)` its loss; `frozen()` the
@@ -134,7 +149,9 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
   files of texts trained on beside the training file (without labels: -1, regression NaN);
   `more_results` more entries of results.json; `joined(prepared data)` per-example arrays
   joined to each training batch (TaskData.batches; a distillation's cached teacher outputs),
-  made before `frozen()`; `more_train_keys` further batch fields the step reads."""
+  made before `frozen()`; `more_train_keys` further batch fields the step reads;
+  `trainee(bundle)` what the loop trains and `objective` gets, when not the bundle's model
+  and parameters."""
   cfg, mesh, is_main = run.cfg, run.mesh, run.is_main
   task = registry.get(cfg.task, cfg.regression)
   prepared = run.prepare(lambda: task.prepare_files(
@@ -151,10 +168,13 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
 
   bundle = make_bundle(labels)
   labels = bundle.labels
+  trained = trainee(bundle) if trainee else Trainee(bundle.model, bundle.params)
   task.for_bundle(bundle, cfg.init, settings)   # the head and the length the bundle takes
   tokenizer_dir = run.tokenizer(copy_from=tokenizer_from)
   run.record(model="bert", head=cfg.head, num_labels=getattr(bundle.model, "num_labels", None),
              labels=labels, model_config=bundle.config.to_dict())
+  if trained.bundle_key is not None:   # for `flaxbert export WORKDIR` (training/run.py)
+    run.record(bundle_params_key=trained.bundle_key)
   data_settings = task.data_settings(labels, settings)
   if unlabeled:
     data_settings["unlabeled"] = list(unlabeled)
@@ -186,6 +206,7 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
   early, loop_steps = _early_stopping(run, metric, total_steps)
 
   def evaluate(params, step):
+    params = trained.bundle_params(params)
     predicted = predict(params, dev)
     scores = dev.score(predicted)
     main = scores[metric]
@@ -209,13 +230,14 @@ def train_task(run: Run, make_bundle: Callable[[list[str] | None], bundle_lib.Bu
       total_steps=loop_steps, eval_every=cfg.eval_every or steps_per_epoch,
       checkpoint_every=cfg.checkpoint_every or steps_per_epoch, desc=run.kind.replace("-", " "),
       tokens_per_step=cfg.batch_size * cfg.max_seq_length)
-  result = run.train(loop_cfg, model=model, tx=tx, dummy_inputs=dummy_inputs(),
-                     train_step=make_train_step(objective(model), tx,
+  result = run.train(loop_cfg, model=trained.model, tx=tx, dummy_inputs=dummy_inputs(),
+                     train_step=make_train_step(objective(trained.model), tx,
                                                 optim.learning_rate_schedule(opt_cfg),
                                                 cfg.accum_steps),
-                     data=train_batches, evaluate=evaluate, initial_params=bundle.params,
+                     data=train_batches, evaluate=evaluate,
+                     initial_params=trained.initial_params,
                      stop=stop if early is not None else None, frozen=frozen())
-  run.save_bundle("bundle", bundle, params=result.state.params,
+  run.save_bundle("bundle", bundle, params=trained.bundle_params(result.state.params),
                   files=_settings_file(settings))
   results = {}
   if is_main:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxbert.models.encdec import shift_right
-from flaxbert.training import losses
+from flaxbert.training import distill_features, losses
 from flaxbert.training.step import Objective
 
 BERT_INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -105,6 +105,43 @@ def distillation_from_batch(student: nn.Module, head: str, temperature: float,
   return Objective(sums=sums, totals=lambda batch: losses.distill_totals(head, batch),
                    loss=losses.distill_loss(alpha),
                    summarise=losses.summarise_distill(head, alpha))
+
+
+def feature_distillation(trained: distill_features.StudentWithProjection, teacher: nn.Module,
+                         head: str, temperature: float, alpha: float,
+                         features: distill_features.FeatureSettings) -> Objective:
+  """`distillation` plus the feature terms (training/distill_features.py): the trained tree
+  is the student with TinyBERT's projection, params {"student", "projection"}; both models
+  sow their hidden states and last-layer attention inputs."""
+
+  def sums(params, batch, key, teacher_params):
+    inputs = {k: batch[k] for k in BERT_INPUTS}
+    taught, teacher_sown = jax.lax.stop_gradient(
+        distill_features.apply_sown(teacher, teacher_params, None, **inputs))
+    outputs, student_sown = distill_features.apply_sown(
+        trained.student, params[distill_features.STUDENT], key, **inputs)
+    return {**losses.distill_sums(head, outputs, taught, batch, temperature),
+            **distill_features.feature_sums(
+                student_sown, teacher_sown,
+                distill_features.token_mask(batch["input_mask"], batch), features,
+                distill_features.projector(trained, params))}
+
+  def totals(batch):
+    return {**losses.distill_totals(head, batch), **distill_features.feature_totals(
+        distill_features.token_mask(batch["input_mask"], batch))}
+
+  logit_loss, logit_metrics = losses.distill_loss(alpha), losses.summarise_distill(head, alpha)
+
+  def summarise(sums):
+    metrics = logit_metrics(sums)
+    feature_metrics, feature_loss = distill_features.summarise_features(features, sums)
+    return {**metrics, **feature_metrics, "loss": metrics["loss"] + feature_loss}
+
+  return Objective(
+      sums=sums, totals=totals,
+      loss=lambda sums, totals: (logit_loss(sums, totals)
+                                 + distill_features.feature_loss(features, sums, totals)),
+      summarise=summarise)
 
 
 def seq2seq(model: nn.Module, label_smoothing: float = 0.0) -> Objective:

@@ -305,6 +305,8 @@ def export_workdir(workdir: str, out: str) -> str:
     head = record.get("head", "pretraining")
     model = build_model(config, head, record.get("num_labels"))
   params = _latest_params(workdir)
+  if record.get("bundle_params_key"):   # a trained tree with more than the model (distill)
+    params = params[record["bundle_params_key"]]
   tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER))
   bundle_lib.save(out, bundle_lib.Bundle(model, params, tokenizer, config, head,
                                          record.get("labels")))
