@@ -60,7 +60,8 @@ def run_mlm(args) -> None:
   last = distill_mlm(cfg)
   if jax.process_index() == 0:
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in (
-        "eval_kd_loss", "eval_mlm_loss", "eval_mlm_accuracy", "eval_teacher_mlm_accuracy")
+        "eval_kd_loss", "eval_mlm_loss", "eval_mlm_accuracy", "eval_teacher_mlm_accuracy",
+        "eval_hidden_loss", "eval_attention_loss")
         if k in last)
     print(f"general distillation done: {last['student_layers']}-layer student of a "
           f"{last['teacher_layers']}-layer teacher, held-out {shown}; bundle in "

@@ -353,6 +353,12 @@ class DistillMLMConfig(PretrainConfig):
   alpha: float = setting(0.5, help="weight of the KD term at the masked positions, T^2 "
                          "KL(teacher_T || student_T); 1 - alpha weighs the MLM cross-entropy "
                          "on the true tokens")
+  # The feature losses on the teacher's layers, as in task distillation (the student then
+  # mimics the teacher's hidden states and last-layer attention on the corpus rows too).
+  hidden_weight: float = _field_of(DistillConfig, "hidden_weight")
+  attention_weight: float = _field_of(DistillConfig, "attention_weight")
+  relation_heads: int | None = _field_of(DistillConfig, "relation_heads")
+  layer_map: str | None = _field_of(DistillConfig, "layer_map")
 
   @property
   def total_steps(self) -> int:

@@ -13,7 +13,12 @@ What it declares, the mechanism being pretraining's (recipes/bert_pretrain.py):
   a preset or config, or a bundle, with the teacher's embeddings and MLM head where shapes
   allow; `--set` changes how it computes;
 - the loss (training/objectives.py `mlm_distillation`): alpha * T^2 * KL(teacher_T ||
-  student_T) + (1 - alpha) * MLM cross-entropy on the true tokens, at the masked positions.
+  student_T) + (1 - alpha) * MLM cross-entropy on the true tokens, at the masked positions;
+- feature terms (`--hidden-weight`, `--attention-weight`, `--relation-heads`, `--layer-map`,
+  as in task distillation; objectives `mlm_feature_distillation`): + TinyBERT's hidden-state
+  MSE and MiniLM's last-layer attention and value relations over every real token of the
+  rows. The loop then trains the student beside the projection to the teacher's width (when
+  the hidden-state term needs one); checkpoints hold both, the bundle the student alone.
 
 The run skeleton and loop do the rest: identity, lock, exact resume, metrics.jsonl,
 TensorBoard, progress, SIGTERM. Every evaluation scores the same held-out batches (the
@@ -36,7 +41,8 @@ from flaxbert.jsonfile import read_json
 from flaxbert.recipes import bert_pretrain
 from flaxbert.recipes import finetune as finetune_lib
 from flaxbert.recipes.configs import DistillMLMConfig
-from flaxbert.training import objectives, optim
+from flaxbert.recipes.distill_feature_settings import check_features, feature_settings
+from flaxbert.training import distill_features, objectives, optim
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.state import place_params
 from flaxbert.training.step import make_eval_step, make_train_step
@@ -68,6 +74,7 @@ def check(cfg: DistillMLMConfig, mesh) -> None:
     raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
   if cfg.student_layers is not None and cfg.student_layers < 1:
     raise FlaxbertError("--student-layers must be positive")
+  check_features(cfg)
 
 
 def distill_mlm(cfg: DistillMLMConfig) -> dict:
@@ -76,9 +83,25 @@ def distill_mlm(cfg: DistillMLMConfig) -> dict:
     return _distill_mlm(run)
 
 
-def objective(cfg: DistillMLMConfig, student, teacher):
-  """The step's objective: the one place the feature terms (dfeat) plug in."""
-  return objectives.mlm_distillation(student.model, teacher.model, cfg.temperature, cfg.alpha)
+def trained_tree(cfg: DistillMLMConfig, student, teacher, features):
+  """(the model the loop trains, its initial parameters, the key of the student's parameters
+  in them or None): with feature terms, the student beside the projection to the teacher's
+  width (distill_features.StudentWithProjection), else the student alone."""
+  if not features.enabled:
+    return student.model, student.params, None
+  trained = distill_features.StudentWithProjection(
+      student.model, teacher.config.hidden_size if features.hidden_weight > 0 else None)
+  params = distill_features.initial_params(
+      trained, student.params, jax.random.fold_in(jax.random.key(cfg.seed), 1))
+  return trained, params, distill_features.STUDENT
+
+
+def objective(cfg: DistillMLMConfig, trained, teacher, features):
+  """The step's objective: the MLM mimicry, with the feature terms when enabled."""
+  if not features.enabled:
+    return objectives.mlm_distillation(trained, teacher.model, cfg.temperature, cfg.alpha)
+  return objectives.mlm_feature_distillation(trained, teacher.model, cfg.temperature,
+                                             cfg.alpha, features, packed=cfg.pack)
 
 
 def _distill_mlm(run: Run) -> dict:
@@ -94,13 +117,17 @@ def _distill_mlm(run: Run) -> dict:
   if cfg.seq_len > student.config.max_position_embeddings:
     raise FlaxbertError(f"--max-length {cfg.seq_len} exceeds the student's "
                         f"{student.config.max_position_embeddings} positions")
+  features = feature_settings(cfg, teacher, student)
   run.record(model="bert", head="pretraining", model_config=student.config.to_dict(),
              teacher=os.path.abspath(cfg.init), teacher_layers=teacher.config.num_layers)
+  trained, initial_params, bundle_key = trained_tree(cfg, student, teacher, features)
+  if bundle_key is not None:   # for `flaxbert export WORKDIR` (training/run.py)
+    run.record(bundle_params_key=bundle_key)
   teacher_params = place_params(teacher.model, teacher.params, run.mesh,
                                 bert_pretrain.dummy_pretraining_inputs())
   opt_cfg = cfg.optimizer_config()
   tx = optim.make_optimizer(opt_cfg)
-  step_objective = objective(cfg, student, teacher)
+  step_objective = objective(cfg, trained, teacher, features)
   eval_step = jax.jit(make_eval_step(step_objective))
   train_data = run.prepare(lambda: bert_pretrain.batches(
       cfg, run.workdir, train_files, tokenizer_dir, cfg.seed), "train-data")
@@ -117,15 +144,17 @@ def _distill_mlm(run: Run) -> dict:
   loop_cfg = run.loop_config(total_steps=cfg.total_steps, eval_every=cfg.eval_every,
                              checkpoint_every=cfg.checkpoint_every, desc="distill")
   result = run.train(
-      loop_cfg, model=student.model, tx=tx,
+      loop_cfg, model=trained, tx=tx,
       dummy_inputs=bert_pretrain.dummy_pretraining_inputs(),
       train_step=make_train_step(step_objective, tx, optim.learning_rate_schedule(opt_cfg),
                                  cfg.accum_steps),
       data=train_data, evaluate=evaluate, count_tokens=bert_pretrain.real_tokens,
-      initial_params=student.params, frozen=(teacher_params,))
+      initial_params=initial_params, frozen=(teacher_params,))
+  params = result.state.params
   tokenizer = load_tokenizer(tokenizer_dir)
-  run.save_bundle("bundle", bundle_lib.Bundle(student.model, result.state.params, tokenizer,
-                                              student.config, "pretraining"))
+  run.save_bundle("bundle", bundle_lib.Bundle(
+      student.model, params if bundle_key is None else params[bundle_key], tokenizer,
+      student.config, "pretraining"))
   last = dict(result.last_metrics)
   last.update(student_layers=student.config.num_layers,
               teacher_layers=teacher.config.num_layers)

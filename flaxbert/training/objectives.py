@@ -69,11 +69,8 @@ def distillation(student: nn.Module, teacher: nn.Module, head: str, temperature:
 def mlm_distillation(student: nn.Module, teacher: nn.Module, temperature: float,
                      alpha: float) -> Objective:
   """General distillation (losses.mlm_distill_sums): two pretraining models on the same
-  masked rows, the teacher's parameters the step's frozen input as in `distillation`.
-
-  Hook for the feature terms (hidden states, MiniLM attention; training/distill_features.py):
-  apply both models with their sown outputs here and add feature_sums / feature_totals /
-  feature_loss to this objective's, as `feature_distillation` does for the task heads."""
+  masked rows, the teacher's parameters the step's frozen input as in `distillation`; with
+  the feature terms, `mlm_feature_distillation`."""
 
   def sums(params, batch, key, teacher_params):
     inputs = pretraining_inputs(batch)
@@ -140,6 +137,46 @@ def feature_distillation(trained: distill_features.StudentWithProjection, teache
   return Objective(
       sums=sums, totals=totals,
       loss=lambda sums, totals: (logit_loss(sums, totals)
+                                 + distill_features.feature_loss(features, sums, totals)),
+      summarise=summarise)
+
+
+def mlm_feature_distillation(trained: distill_features.StudentWithProjection,
+                             teacher: nn.Module, temperature: float, alpha: float,
+                             features: distill_features.FeatureSettings,
+                             packed: bool = False) -> Objective:
+  """`mlm_distillation` plus the feature terms (training/distill_features.py), as
+  `feature_distillation` adds them to the task heads': the trained tree is the student with
+  TinyBERT's projection, params {"student", "projection"}; the terms cover every real token
+  of the corpus rows (packed rows: attention relations within each token's own example)."""
+
+  def mask(batch):
+    return distill_features.token_mask(batch["input_mask"], batch)
+
+  def sums(params, batch, key, teacher_params):
+    inputs = pretraining_inputs(batch)
+    taught, teacher_sown = jax.lax.stop_gradient(
+        distill_features.apply_sown(teacher, teacher_params, None, **inputs))
+    outputs, student_sown = distill_features.apply_sown(
+        trained.student, params[distill_features.STUDENT], key, **inputs)
+    return {**losses.mlm_distill_sums(outputs, taught, batch, temperature),
+            **distill_features.feature_sums(student_sown, teacher_sown, mask(batch), features,
+                                            distill_features.projector(trained, params),
+                                            packed)}
+
+  def totals(batch):
+    return {**losses.mlm_distill_totals(batch), **distill_features.feature_totals(mask(batch))}
+
+  mlm_loss, mlm_metrics = losses.mlm_distill_loss(alpha), losses.summarise_mlm_distill(alpha)
+
+  def summarise(sums):
+    metrics = mlm_metrics(sums)
+    feature_metrics, feature_loss = distill_features.summarise_features(features, sums)
+    return {**metrics, **feature_metrics, "loss": metrics["loss"] + feature_loss}
+
+  return Objective(
+      sums=sums, totals=totals,
+      loss=lambda sums, totals: (mlm_loss(sums, totals)
                                  + distill_features.feature_loss(features, sums, totals)),
       summarise=summarise)
 
