@@ -34,12 +34,13 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from inference_latency import round_robin   # bench/: the same timing in turns
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -144,18 +145,6 @@ def exports(name: str, bundle_dir: str, work: str, threads: int):
   return runners, sizes
 
 
-def round_robin(runners: dict, ids, repeats: int) -> dict[str, float]:
-  for fn in runners.values():
-    fn(ids)
-  times = {k: [] for k in runners}
-  for _ in range(repeats):
-    for kind, fn in runners.items():
-      start = time.perf_counter()
-      fn(ids)
-      times[kind].append(time.perf_counter() - start)
-  return {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", choices=sorted(TASKS), default="classify",
@@ -229,7 +218,7 @@ def main() -> None:
   rng = np.random.default_rng(0)
   ids = rng.integers(1000, 30000, size=(1, args.seq)).astype(np.int32)
   ids[0, 0] = 101
-  ms = round_robin(runners, ids, args.repeats)
+  ms = {k: round(1000 * v, 2) for k, v in round_robin(runners, ids, args.repeats).items()}
   main_score = f"dev_{TASKS[args.task][3][0]}"
   teacher_score = table["teacher"][main_score]
   for name, row in table.items():

@@ -42,7 +42,7 @@ from flaxbert.jsonfile import read_json
 from flaxbert.models.factory import dummy_inputs
 from flaxbert.recipes import finetune as finetune_lib
 from flaxbert.recipes.configs import DistillConfig
-from flaxbert.recipes.distill_feature_settings import check_features, feature_settings
+from flaxbert.recipes.distill_feature_settings import check_kd_settings, feature_settings
 from flaxbert.training import distill_features, objectives, teacher_cache
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.state import place_params
@@ -66,13 +66,7 @@ def teacher_task(path: str) -> tuple[str, bool]:
 
 def _check(cfg: DistillConfig, mesh) -> None:
   finetune_lib.check_settings(cfg, mesh)
-  if cfg.temperature <= 0:
-    raise FlaxbertError(f"--temperature {cfg.temperature} must be positive")
-  if not 0.0 <= cfg.alpha <= 1.0:
-    raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
-  if cfg.student_layers is not None and cfg.student_layers < 1:
-    raise FlaxbertError("--student-layers must be positive")
-  check_features(cfg)
+  check_kd_settings(cfg)
   check_cache_teacher(cfg)
 
 

@@ -1,13 +1,25 @@
 """The feature-loss settings of both distillations, `flaxbert distill` (recipes/distill.py)
 and `flaxbert distill --objective mlm` (recipes/distill_mlm.py): their config fields
 hidden_weight, attention_weight, relation_heads and layer_map, checked as flags (one line
-each) and turned into training/distill_features.py's FeatureSettings for a teacher and
+each, with the temperature, alpha and student layers both share) and turned into training/distill_features.py's FeatureSettings for a teacher and
 student pair."""
 
 from __future__ import annotations
 
 from flaxbert.errors import FlaxbertError
 from flaxbert.training import distill_features, distill_losses
+
+
+def check_kd_settings(cfg) -> None:
+  """The settings both distillations share, as flags: temperature, alpha, the student's
+  layers, and the feature terms (`check_features`)."""
+  if cfg.temperature <= 0:
+    raise FlaxbertError(f"--temperature {cfg.temperature} must be positive")
+  if not 0.0 <= cfg.alpha <= 1.0:
+    raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
+  if cfg.student_layers is not None and cfg.student_layers < 1:
+    raise FlaxbertError("--student-layers must be positive")
+  check_features(cfg)
 
 
 def check_features(cfg) -> None:

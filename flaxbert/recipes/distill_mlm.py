@@ -41,7 +41,7 @@ from flaxbert.jsonfile import read_json
 from flaxbert.recipes import bert_pretrain
 from flaxbert.recipes import finetune as finetune_lib
 from flaxbert.recipes.configs import DistillMLMConfig
-from flaxbert.recipes.distill_feature_settings import check_features, feature_settings
+from flaxbert.recipes.distill_feature_settings import check_kd_settings, feature_settings
 from flaxbert.training import distill_features, objectives, optim
 from flaxbert.training.run import Run, open_run
 from flaxbert.training.state import place_params
@@ -68,13 +68,7 @@ def check(cfg: DistillMLMConfig, mesh) -> None:
                         "the teacher's predictions on")
   check_teacher(cfg.init)
   bert_pretrain.check(cfg, mesh)   # batch, length and --set against the teacher's config
-  if cfg.temperature <= 0:
-    raise FlaxbertError(f"--temperature {cfg.temperature} must be positive")
-  if not 0.0 <= cfg.alpha <= 1.0:
-    raise FlaxbertError(f"--alpha {cfg.alpha} must be in [0, 1]")
-  if cfg.student_layers is not None and cfg.student_layers < 1:
-    raise FlaxbertError("--student-layers must be positive")
-  check_features(cfg)
+  check_kd_settings(cfg)
 
 
 def distill_mlm(cfg: DistillMLMConfig) -> dict:

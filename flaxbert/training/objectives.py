@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -104,81 +106,68 @@ def distillation_from_batch(student: nn.Module, head: str, temperature: float,
                    summarise=losses.summarise_distill(head, alpha))
 
 
-def feature_distillation(trained: distill_features.StudentWithProjection, teacher: nn.Module,
-                         head: str, temperature: float, alpha: float,
-                         features: distill_features.FeatureSettings) -> Objective:
-  """`distillation` plus the feature terms (training/distill_features.py): the trained tree
-  is the student with TinyBERT's projection, params {"student", "projection"}; both models
-  sow their hidden states and last-layer attention inputs."""
+def _with_feature_terms(trained: distill_features.StudentWithProjection, teacher: nn.Module,
+                        features: distill_features.FeatureSettings, inputs_of: Callable,
+                        output_sums: Callable, output_totals: Callable, output_loss: Callable,
+                        output_summary: Callable, packed: bool = False) -> Objective:
+  """A distillation objective of the models' outputs (`output_sums(student outputs, teacher
+  outputs, batch)` and its totals, loss and summary) plus the feature terms
+  (training/distill_features.py) over every real token: the trained tree is the student with
+  TinyBERT's projection, params {"student", "projection"}; both models sow their hidden
+  states and last-layer attention inputs (packed rows: relations within each example)."""
+
+  def mask(batch):
+    return distill_features.token_mask(batch["input_mask"], batch)
 
   def sums(params, batch, key, teacher_params):
-    inputs = {k: batch[k] for k in BERT_INPUTS}
+    inputs = inputs_of(batch)
     taught, teacher_sown = jax.lax.stop_gradient(
         distill_features.apply_sown(teacher, teacher_params, None, **inputs))
     outputs, student_sown = distill_features.apply_sown(
         trained.student, params[distill_features.STUDENT], key, **inputs)
-    return {**losses.distill_sums(head, outputs, taught, batch, temperature),
-            **distill_features.feature_sums(
-                student_sown, teacher_sown,
-                distill_features.token_mask(batch["input_mask"], batch), features,
-                distill_features.projector(trained, params))}
-
-  def totals(batch):
-    return {**losses.distill_totals(head, batch), **distill_features.feature_totals(
-        distill_features.token_mask(batch["input_mask"], batch))}
-
-  logit_loss, logit_metrics = losses.distill_loss(alpha), losses.summarise_distill(head, alpha)
+    return {**output_sums(outputs, taught, batch),
+            **distill_features.feature_sums(student_sown, teacher_sown, mask(batch), features,
+                                            distill_features.projector(trained, params),
+                                            packed)}
 
   def summarise(sums):
-    metrics = logit_metrics(sums)
+    metrics = output_summary(sums)
     feature_metrics, feature_loss = distill_features.summarise_features(features, sums)
     return {**metrics, **feature_metrics, "loss": metrics["loss"] + feature_loss}
 
   return Objective(
-      sums=sums, totals=totals,
-      loss=lambda sums, totals: (logit_loss(sums, totals)
+      sums=sums,
+      totals=lambda batch: {**output_totals(batch),
+                            **distill_features.feature_totals(mask(batch))},
+      loss=lambda sums, totals: (output_loss(sums, totals)
                                  + distill_features.feature_loss(features, sums, totals)),
       summarise=summarise)
+
+
+def feature_distillation(trained: distill_features.StudentWithProjection, teacher: nn.Module,
+                         head: str, temperature: float, alpha: float,
+                         features: distill_features.FeatureSettings) -> Objective:
+  """`distillation` plus the feature terms (`_with_feature_terms`)."""
+  return _with_feature_terms(
+      trained, teacher, features, lambda batch: {k: batch[k] for k in BERT_INPUTS},
+      lambda outputs, taught, batch: losses.distill_sums(head, outputs, taught, batch,
+                                                         temperature),
+      lambda batch: losses.distill_totals(head, batch), losses.distill_loss(alpha),
+      losses.summarise_distill(head, alpha))
 
 
 def mlm_feature_distillation(trained: distill_features.StudentWithProjection,
                              teacher: nn.Module, temperature: float, alpha: float,
                              features: distill_features.FeatureSettings,
                              packed: bool = False) -> Objective:
-  """`mlm_distillation` plus the feature terms (training/distill_features.py), as
-  `feature_distillation` adds them to the task heads': the trained tree is the student with
-  TinyBERT's projection, params {"student", "projection"}; the terms cover every real token
-  of the corpus rows (packed rows: attention relations within each token's own example)."""
-
-  def mask(batch):
-    return distill_features.token_mask(batch["input_mask"], batch)
-
-  def sums(params, batch, key, teacher_params):
-    inputs = pretraining_inputs(batch)
-    taught, teacher_sown = jax.lax.stop_gradient(
-        distill_features.apply_sown(teacher, teacher_params, None, **inputs))
-    outputs, student_sown = distill_features.apply_sown(
-        trained.student, params[distill_features.STUDENT], key, **inputs)
-    return {**losses.mlm_distill_sums(outputs, taught, batch, temperature),
-            **distill_features.feature_sums(student_sown, teacher_sown, mask(batch), features,
-                                            distill_features.projector(trained, params),
-                                            packed)}
-
-  def totals(batch):
-    return {**losses.mlm_distill_totals(batch), **distill_features.feature_totals(mask(batch))}
-
-  mlm_loss, mlm_metrics = losses.mlm_distill_loss(alpha), losses.summarise_mlm_distill(alpha)
-
-  def summarise(sums):
-    metrics = mlm_metrics(sums)
-    feature_metrics, feature_loss = distill_features.summarise_features(features, sums)
-    return {**metrics, **feature_metrics, "loss": metrics["loss"] + feature_loss}
-
-  return Objective(
-      sums=sums, totals=totals,
-      loss=lambda sums, totals: (mlm_loss(sums, totals)
-                                 + distill_features.feature_loss(features, sums, totals)),
-      summarise=summarise)
+  """`mlm_distillation` plus the feature terms (`_with_feature_terms`) over every real token
+  of the corpus rows, not only the masked ones."""
+  return _with_feature_terms(
+      trained, teacher, features, pretraining_inputs,
+      lambda outputs, taught, batch: losses.mlm_distill_sums(outputs, taught, batch,
+                                                             temperature),
+      losses.mlm_distill_totals, losses.mlm_distill_loss(alpha),
+      losses.summarise_mlm_distill(alpha), packed)
 
 
 def seq2seq(model: nn.Module, label_smoothing: float = 0.0) -> Objective:
