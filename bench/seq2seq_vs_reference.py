@@ -65,6 +65,8 @@ def parse_args():
   p.add_argument("--alpha", type=float, default=0.6)
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="more flaxbert EncDecConfig overrides (JSON values)")
+  p.add_argument("--no-length-buckets", action="store_true",
+                 help="fixed-shape batches (one compilation) instead of the recipe's buckets")
   p.add_argument("--no-reference", action="store_true", help="flaxbert only")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=None)
@@ -291,7 +293,7 @@ def main():
             "compile_seconds": 0.0}
   print(json.dumps({"copy_baseline": result["copy_baseline"]}), flush=True)
   train = iter(data.batches("train", batch_size=args.batch_size, seed=args.seed,
-                            bucket_by_length=True))
+                            bucket_by_length=not args.no_length_buckets))
   key = jax.random.PRNGKey(args.seed + 1)
   step, shapes = 0, set()
   while step < args.steps:
