@@ -323,7 +323,7 @@ def main():
                                      tokenizer, sources, references))
     print(json.dumps(result["points"][-1]), flush=True)
   result["tokens_per_s"] = {name: result["train_tokens"] / max(seconds, 1e-9)
-                            for name, seconds in result["train_seconds"].items()}
+                            for name, seconds in result["train_seconds"].items() if seconds}
   result["load_average"] = os.getloadavg()
   print(json.dumps({k: result[k] for k in ("copy_baseline", "train_seconds", "compile_seconds",
                                            "tokens_per_s",
