@@ -24,10 +24,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.models import attention as attention_lib
-from flaxbert.models.bert import activation, dense, layer_norm, logical
+from flaxbert.models.bert import Dense, activation, layer_norm, logical
 from flaxbert.models.encdec_config import EncDecConfig
 
 constrain = nn.with_logical_constraint
+
+
+def dense(cfg: EncDecConfig, features, names, name: str, axis=-1) -> Dense:
+  """bert.Dense with the config's kernel std, or Glorot's for this kernel's fans when the
+  config leaves it unset (fan_in = hidden_size for every encoder-decoder kernel but the FFN
+  output's, whose input is intermediate_size)."""
+  features = features if isinstance(features, tuple) else (features,)
+  num_in = len(axis) if isinstance(axis, tuple) else 1
+  std = cfg.initializer_range
+  if std is None:
+    fan_in = cfg.intermediate_size if names[0] == "mlp" else cfg.hidden_size
+    std = float(np.sqrt(2.0 / (fan_in + np.prod(features))))
+  return Dense(features, tuple(names), num_in, cfg.dtype, std, name=name)
 
 
 def shift_right(target_ids_BxT, start_id: int):

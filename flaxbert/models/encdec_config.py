@@ -19,9 +19,12 @@ class EncDecConfig:
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.0
   layer_norm_eps: float = 1e-6
-  # Std of dense kernels: hidden_size ** -0.5, about Xavier for square kernels (the paper's
-  # init). BERT's 0.02 leaves attention nearly uniform at small widths and training stalls.
-  initializer_range: float = 512 ** -0.5   # embeddings always use hidden_size ** -0.5
+  # Std of dense kernels. None: Glorot/Xavier per kernel, sqrt(2 / (fan_in + fan_out)), as
+  # torch's nn.Transformer and the flax WMT example initialise them (it follows hidden_size
+  # and intermediate_size when --set changes them). A number: that std for every kernel
+  # (BERT's 0.02 leaves attention nearly uniform at small widths and training stalls).
+  # Embeddings always use hidden_size ** -0.5.
+  initializer_range: float | None = None
   pre_ln: bool = False                # False: post-LN as in the paper
   share_embeddings: bool = True       # one table for source and target tokens
   tie_output: bool = True             # output projection = target embedding table, transposed
@@ -60,7 +63,7 @@ class EncDecConfig:
 PRESETS = {
     # Tests and laptop demos: seconds per hundred steps on a CPU.
     "tiny": EncDecConfig(hidden_size=64, num_encoder_layers=2, num_decoder_layers=2,
-                         num_heads=4, intermediate_size=256, initializer_range=64 ** -0.5),
+                         num_heads=4, intermediate_size=256),
     # "Attention is all you need", base model.
     "transformer_base": EncDecConfig(),
 }
