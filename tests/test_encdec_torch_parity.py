@@ -11,7 +11,7 @@ from torch import nn
 from flaxbert.models.encdec import EncDecModel, init_params, shift_right, sinusoidal_positions
 from flaxbert.models.encdec_config import get_config
 
-VOCAB = 48
+VOCAB = 40   # the shapes of test_encdec_model.py, whose compiled ops this reuses
 
 
 def _t(x):
@@ -83,16 +83,16 @@ def _torch_logits(cfg, params, src, src_mask, tgt_in):
 def test_logits_equal_torch_transformer_layers_with_the_same_weights(pre_ln):
   cfg = get_config("tiny", vocab_size=VOCAB, pre_ln=pre_ln)
   model = EncDecModel(cfg)
-  params = init_params(model, jax.random.key(3))
+  params = init_params(model, jax.random.key(0))
   # LayerNorm scales and biases away from 1 and 0, so a swapped norm would show.
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.3 * jax.random.normal(jax.random.key(len(str(path))), x.shape)
       if path[-1].key in ("scale", "bias") else x, params)
   rng = np.random.default_rng(0)
-  src = rng.integers(4, VOCAB, (3, 9)).astype(np.int32)
-  src_mask = (np.arange(9)[None] < np.array([[9], [5], [2]])).astype(np.int32)
+  src = rng.integers(4, VOCAB, (3, 7)).astype(np.int32)
+  src_mask = (np.arange(7)[None] < np.array([[7], [4], [2]])).astype(np.int32)
   src = src * src_mask
-  tgt_in = np.asarray(shift_right(rng.integers(4, VOCAB, (3, 7)).astype(np.int32),
+  tgt_in = np.asarray(shift_right(rng.integers(4, VOCAB, (3, 6)).astype(np.int32),
                                   cfg.decoder_start_id))
   ours = np.asarray(model.apply({"params": params}, src, src_mask, tgt_in)["logits"])
   theirs = _torch_logits(cfg, params, src, src_mask, tgt_in)
