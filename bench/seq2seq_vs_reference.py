@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
@@ -68,6 +69,9 @@ def parse_args():
   p.add_argument("--no-length-buckets", action="store_true",
                  help="fixed-shape batches (one compilation) instead of the recipe's buckets")
   p.add_argument("--no-reference", action="store_true", help="flaxbert only")
+  p.add_argument("--same-init", action="store_true",
+                 help="flaxbert starts from the reference's initial weights (isolates training "
+                 "from initialisation)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=None)
   p.add_argument("--out", default=None)
@@ -119,6 +123,8 @@ class Reference(tnn.Module):
         num_decoder_layers=cfg.num_decoder_layers, dim_feedforward=cfg.intermediate_size,
         dropout=cfg.hidden_dropout, activation="relu", layer_norm_eps=cfg.layer_norm_eps,
         batch_first=True, norm_first=cfg.pre_ln)   # its __init__ Xavier-initialises matrices
+    if not cfg.pre_ln:   # nn.Transformer norms each stack's output even when post-LN
+      self.transformer.encoder.norm = self.transformer.decoder.norm = None
     self.embed = tnn.Embedding(cfg.vocab_size, cfg.hidden_size)
     tnn.init.normal_(self.embed.weight, std=cfg.hidden_size ** -0.5)
     self.dropout = tnn.Dropout(cfg.hidden_dropout)
@@ -139,6 +145,50 @@ class Reference(tnn.Module):
 
   def forward(self, src, src_pad, tgt_in):
     return self.decode(tgt_in, self.encode(src, src_pad), src_pad)
+
+
+def flax_params_from(ref: Reference, params):
+  """flaxbert parameters holding the reference's (initial) weights, for --same-init."""
+  d = ref.cfg.hidden_size
+  n, h = ref.cfg.num_heads, ref.cfg.head_dim
+
+  def a(x):
+    return np.asarray(x.detach().numpy(), np.float32)
+
+  def attention(m):
+    w, b = a(m.in_proj_weight), a(m.in_proj_bias)
+    out = {name: {"kernel": w[i * d:(i + 1) * d].T.reshape(d, n, h),
+                  "bias": b[i * d:(i + 1) * d].reshape(n, h)}
+           for i, name in enumerate(("query", "key", "value"))}
+    out["out"] = {"kernel": a(m.out_proj.weight).T.reshape(n, h, d), "bias": a(m.out_proj.bias)}
+    return out
+
+  def norm(m):
+    return {"norm": {"scale": a(m.weight), "bias": a(m.bias)}}
+
+  def ffn(layer):
+    return {"intermediate": {"kernel": a(layer.linear1.weight).T, "bias": a(layer.linear1.bias)},
+            "output": {"kernel": a(layer.linear2.weight).T, "bias": a(layer.linear2.bias)}}
+
+  new = {"source_embed": {"embedding": a(ref.embed.weight)}}
+  for i, layer in enumerate(ref.transformer.encoder.layers):
+    new[f"encoder_{i}"] = {"self_attention": attention(layer.self_attn),
+                           "attention_block": norm(layer.norm1), "ffn": ffn(layer),
+                           "ffn_block": norm(layer.norm2)}
+  for i, layer in enumerate(ref.transformer.decoder.layers):
+    new[f"decoder_{i}"] = {"self_attention": attention(layer.self_attn),
+                           "self_attention_block": norm(layer.norm1),
+                           "cross_attention": attention(layer.multihead_attn),
+                           "cross_attention_block": norm(layer.norm2), "ffn": ffn(layer),
+                           "ffn_block": norm(layer.norm3)}
+  if ref.cfg.pre_ln:
+    for name, m in (("encoder_norm", ref.transformer.encoder.norm),
+                    ("decoder_norm", ref.transformer.decoder.norm)):
+      new[name] = {"scale": a(m.weight), "bias": a(m.bias)}
+  if jax.tree.structure(new) != jax.tree.structure(params):
+    raise SystemExit("--same-init: the reference's weights do not map onto flaxbert's "
+                     "(untied or unshared embeddings?)")
+  return jax.tree.map(lambda x, like: jnp.asarray(x, like.dtype), new, params)
 
 
 def torch_inputs(batch, start_id):
@@ -285,6 +335,15 @@ def main():
     ref_sched.step()
 
   dev = dev_batches(data, args.batch_size)
+  if args.same_init:
+    params = flax_params_from(ref, params)
+    opt_state = tx.init(params)
+    ref.eval()
+    with torch.no_grad():
+      theirs = float(torch_sums(ref, dev[0], 0.0)["nll"])
+    ours = float(flax_eval(params, dev[0])["nll"])
+    print(json.dumps({"same_init_first_dev_batch_nll": {"flaxbert": ours, "reference": theirs}}),
+          flush=True)
   result = {"config": vars(args), "model": config.to_dict(),
             "parameters": {"flaxbert": int(sum(x.size for x in jax.tree.leaves(params))),
                            "reference": int(sum(p.numel() for p in ref.parameters()))},
