@@ -37,14 +37,21 @@ def strip_eos(ids, eos_id: int) -> list[int]:
   return out
 
 
-def _step(model, params, cache, tokens_Bx1, encoded_BxSxD, source_mask_BxS):
+def _step(model, params, cache, tokens_Bx1, encoded_BxSxD, source_mask_BxS,
+          num_tokens: int | None):
+  """Next-token logits; ids from `num_tokens` up (the rows that round the embedding table up
+  to a multiple of 128, which no tokenizer can decode) at NEG_INF so they are never chosen."""
   logits_Bx1xV, variables = model.apply(
       {"params": params, "cache": cache}, tokens_Bx1, encoded_BxSxD, source_mask_BxS,
       decode=True, method=EncDecModel.decode, mutable=["cache"])
-  return logits_Bx1xV[:, 0], variables["cache"]
+  logits_BxV = logits_Bx1xV[:, 0]
+  if num_tokens is not None and num_tokens < logits_BxV.shape[-1]:
+    logits_BxV = jnp.where(jnp.arange(logits_BxV.shape[-1]) < num_tokens, logits_BxV, NEG_INF)
+  return logits_BxV, variables["cache"]
 
 
-def _greedy(model: EncDecModel, max_length: int, params, source_ids_BxS, source_mask_BxS):
+def _greedy(model: EncDecModel, max_length: int, num_tokens: int | None, params,
+            source_ids_BxS, source_mask_BxS):
   cfg = model.config
   batch = source_ids_BxS.shape[0]
   encoded_BxSxD = model.apply({"params": params}, source_ids_BxS, source_mask_BxS,
@@ -59,7 +66,7 @@ def _greedy(model: EncDecModel, max_length: int, params, source_ids_BxS, source_
   def body(carry):
     i, last_B, out_BxT, cache, done_B = carry
     logits_BxV, cache = _step(model, params, cache, last_B[:, None], encoded_BxSxD,
-                              source_mask_BxS)
+                              source_mask_BxS, num_tokens)
     token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     token_B = jnp.where(done_B, cfg.pad_token_id, token_B)
     out_BxT = jax.lax.dynamic_update_slice(out_BxT, token_B[:, None], (0, i))
@@ -89,8 +96,8 @@ def _gather_beams(tree, beam_indices_BxK, batch: int, old_beams: int, flat: bool
   return jax.tree_util.tree_map_with_path(gather, tree)
 
 
-def _beam(model: EncDecModel, max_length: int, beam_size: int, alpha: float, params,
-          source_ids_BxS, source_mask_BxS):
+def _beam(model: EncDecModel, max_length: int, beam_size: int, alpha: float,
+          num_tokens: int | None, params, source_ids_BxS, source_mask_BxS):
   cfg = model.config
   batch, k = source_ids_BxS.shape[0], beam_size
   eos, pad = cfg.eos_token_id, cfg.pad_token_id
@@ -120,7 +127,7 @@ def _beam(model: EncDecModel, max_length: int, beam_size: int, alpha: float, par
   def body(carry):
     i, last_BK, live_seqs_BxKxT, live_logp_BxK, fin_seqs_BxKxT, fin_scores_BxK, cache = carry
     logits_BKxV, cache = _step(model, params, cache, last_BK[:, None], encoded_BKxSxD,
-                               mask_BKxS)
+                               mask_BKxS, num_tokens)
     vocab = logits_BKxV.shape[-1]
     logp_BxKxV = jax.nn.log_softmax(logits_BKxV).reshape(batch, k, vocab)
     cand_BxKV = (live_logp_BxK[:, :, None] + logp_BxKxV).reshape(batch, k * vocab)
@@ -157,33 +164,36 @@ def _beam(model: EncDecModel, max_length: int, beam_size: int, alpha: float, par
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(model: EncDecModel, max_length: int, beam_size: int, alpha: float):
+def _compiled(model: EncDecModel, max_length: int, beam_size: int, alpha: float,
+              num_tokens: int | None):
   if beam_size <= 0:
-    return jax.jit(functools.partial(_greedy, model, max_length))
-  return jax.jit(functools.partial(_beam, model, max_length, beam_size, alpha))
+    return jax.jit(functools.partial(_greedy, model, max_length, num_tokens))
+  return jax.jit(functools.partial(_beam, model, max_length, beam_size, alpha, num_tokens))
 
 
 def greedy_search(model: EncDecModel, params, source_ids_BxS, source_mask_BxS, *,
-                  max_length: int):
-  """Greedy decoding: [B, max_length] int32 ids, `pad` after each row's EOS."""
-  return _compiled(model, max_length, 0, 0.0)(params, jnp.asarray(source_ids_BxS),
-                                              jnp.asarray(source_mask_BxS))
+                  max_length: int, num_tokens: int | None = None):
+  """Greedy decoding: [B, max_length] int32 ids, `pad` after each row's EOS; with
+  `num_tokens` (the tokenizer's vocabulary size) only ids below it."""
+  return _compiled(model, max_length, 0, 0.0, num_tokens)(
+      params, jnp.asarray(source_ids_BxS), jnp.asarray(source_mask_BxS))
 
 
 def beam_search(model: EncDecModel, params, source_ids_BxS, source_mask_BxS, *,
-                max_length: int, beam_size: int = 4, alpha: float = 0.6):
+                max_length: int, beam_size: int = 4, alpha: float = 0.6,
+                num_tokens: int | None = None):
   """Beam search: the best finished hypothesis per source, [B, max_length] int32 ids."""
   if beam_size < 1:
     raise ValueError("beam_size must be at least 1")
-  return _compiled(model, max_length, beam_size, float(alpha))(
+  return _compiled(model, max_length, beam_size, float(alpha), num_tokens)(
       params, jnp.asarray(source_ids_BxS), jnp.asarray(source_mask_BxS))
 
 
 def generate(model: EncDecModel, params, source_ids_BxS, source_mask_BxS, *, max_length: int,
-             beam_size: int = 1, alpha: float = 0.6):
+             beam_size: int = 1, alpha: float = 0.6, num_tokens: int | None = None):
   """Greedy for beam_size 1, beam search otherwise."""
   if beam_size <= 1:
     return greedy_search(model, params, source_ids_BxS, source_mask_BxS,
-                         max_length=max_length)
+                         max_length=max_length, num_tokens=num_tokens)
   return beam_search(model, params, source_ids_BxS, source_mask_BxS, max_length=max_length,
-                     beam_size=beam_size, alpha=alpha)
+                     beam_size=beam_size, alpha=alpha, num_tokens=num_tokens)

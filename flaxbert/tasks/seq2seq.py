@@ -45,7 +45,7 @@ def translate(model, params, tokenizer, texts: Sequence[str], *, max_source_leng
       chunk_ids[real:, 0], chunk_mask[real:, 0] = tokenizer.sep_id, 1
     decoded = np.asarray(decoding.generate(model, params, chunk_ids, chunk_mask,
                                            max_length=max_length, beam_size=beam_size,
-                                           alpha=alpha))
+                                           alpha=alpha, num_tokens=tokenizer.vocab_size))
     for row in decoded[:real]:
       kept = decoding.strip_eos(row, eos)
       generated += min(len(kept) + 1, max_length)
