@@ -12,6 +12,15 @@ dev pairs: teacher-forced loss and token accuracy, then sacrebleu BLEU and chrF 
   PYTHONPATH=. python bench/seq2seq_vs_reference.py --steps 300 --eval-every 100
 
 Prints one JSON object (and writes it to --out). Not a test: minutes on 2 CPU cores.
+--same-init starts flaxbert from the reference's initial weights; with --dropout 0 as well the
+two runs differ only by the implementations.
+
+Measured (2 shared CPU cores, load 2.3-3.5; tiny 2+2 x 64, 20,000 pairs of examples_train,
+the first 500 of examples_dev, vocab 4,000, batch 64, lr 3e-3, 400 steps):
+  default inits       dev loss flaxbert 6.097 / reference 6.014, chrF greedy 4.2 / 6.0
+  --same-init         6.049 / 6.012, chrF 5.5 / 5.7
+  --same-init, no dropout  5.924 / 5.922, accuracy 13.51% / 13.49%, chrF 5.8 / 5.8
+  copy the source: chrF 13.3, BLEU 0.2. Both models are far below it at this budget.
 """
 
 from __future__ import annotations
