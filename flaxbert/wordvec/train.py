@@ -1,0 +1,187 @@
+"""`flaxbert wordvec train`: a resumable word-vector run in the run skeleton.
+
+    with open_run(cfg, kind="wordvec") as run:   # lock, identity (run_config.json)
+      epochs of chunks: jitted train_chunk over `chunk` batches of `batch_size` examples
+      WORKDIR/checkpoint.npz  tables + position, replaced atomically every checkpoint_every
+                              chunks and at each epoch's end
+      WORKDIR/metrics.jsonl, tensorboard/   loss, learning rate, words/s per chunk
+      WORKDIR/vectors.txt     word2vec text format, when training ends
+      WORKDIR/subword.npz     with --subword: the n-gram bucket rows, for unseen words
+
+The learning rate falls linearly from alpha to min_alpha over all epochs, per batch. Examples,
+negatives and initialisation come from the seed alone, so a resumed run ends with the vectors
+of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxbert.errors import FlaxbertError
+from flaxbert.progress import progress_bar
+from flaxbert.training.metrics import MetricsWriter
+from flaxbert.training.run import RUN_CONFIG, open_run
+from flaxbert.wordvec import examples, formats, subword, vocab
+from flaxbert.wordvec.step import train_chunk
+
+log = logging.getLogger("flaxbert")
+
+CHECKPOINT = "checkpoint.npz"
+VECTORS = "vectors.txt"
+SUBWORDS = "subword.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class WordvecConfig:
+  corpus: tuple[str, ...]
+  workdir: str
+  model: str = "skipgram"
+  dim: int = 100
+  window: int = 5
+  negative: int = 5
+  min_count: int = 5
+  epochs: int = 5
+  sample: float = 1e-3
+  alpha: float = 0.025
+  min_alpha: float = 0.0001
+  batch_size: int = 4096
+  subword: bool = False
+  buckets: int = 200_000
+  min_n: int = 3
+  max_n: int = 6
+  seed: int = 1
+  chunk: int = dataclasses.field(default=64, metadata={"identity": False})
+  checkpoint_every: int = dataclasses.field(default=50, metadata={"identity": False})
+  progress: bool = dataclasses.field(default=True, metadata={"identity": False})
+
+
+def check_config(cfg: WordvecConfig, mesh=None) -> None:
+  if cfg.model not in ("skipgram", "cbow"):
+    raise FlaxbertError(f"--model {cfg.model}: use skipgram or cbow")
+  for name in ("dim", "window", "negative", "min_count", "epochs", "batch_size", "chunk",
+               "checkpoint_every"):
+    if getattr(cfg, name) < 1:
+      raise FlaxbertError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+  if not 0 < cfg.min_alpha <= cfg.alpha:
+    raise FlaxbertError(f"--alpha {cfg.alpha} / --min-alpha {cfg.min_alpha}: need "
+                        "0 < min-alpha <= alpha")
+  if cfg.subword and (cfg.buckets < 1 or not 1 <= cfg.min_n <= cfg.max_n):
+    raise FlaxbertError(f"--buckets {cfg.buckets}, --min-n {cfg.min_n}, --max-n {cfg.max_n}: "
+                        "need buckets >= 1 and 1 <= min-n <= max-n")
+  existing = os.path.isdir(cfg.workdir) and os.listdir(cfg.workdir)
+  if existing and not os.path.isfile(os.path.join(cfg.workdir, RUN_CONFIG)):
+    raise FlaxbertError(f"{cfg.workdir}: exists and is not a flaxbert run directory; use a new "
+                        "--out (nothing was changed)")
+
+
+def _save_atomically(path: str, write) -> None:
+  tmp = path + ".tmp"
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def _save_checkpoint(path, tables, epoch: int, chunk: int, batches: int) -> None:
+  w_in, w_out = jax.device_get(tables)
+
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.savez(f, w_in=w_in, w_out=w_out, epoch=epoch, chunk=chunk, batches=batches)
+  _save_atomically(path, write)
+
+
+def _learning_rates(cfg, epoch: int, first: int, count: int, per_epoch: int) -> np.ndarray:
+  progress = (epoch + (first + np.arange(count)) / per_epoch) / cfg.epochs
+  return np.maximum(cfg.alpha * (1 - progress), cfg.min_alpha).astype(np.float32)
+
+
+def train(cfg: WordvecConfig, stop_after_chunks: int | None = None) -> dict:
+  """Trains (or resumes) the run in cfg.workdir; returns a summary. stop_after_chunks ends
+  the call early, as an interruption would (after a checkpoint)."""
+  cfg = dataclasses.replace(cfg, workdir=os.path.abspath(cfg.workdir))
+  with open_run(cfg, kind="wordvec", check=check_config) as run:
+    corpus = vocab.read_corpus(list(cfg.corpus), cfg.min_count)
+    n_words = len(corpus.words)
+    buckets = cfg.buckets if cfg.subword else 0
+    word_rows, word_mask = subword.input_rows(corpus.words, buckets, cfg.min_n, cfg.max_n)
+    keep = vocab.keep_probabilities(corpus.counts, cfg.sample)
+    run.record(vocabulary=n_words, raw_words=int(corpus.raw_words))
+    ckpt = run.path(CHECKPOINT)
+    key = jax.random.key(cfg.seed)
+    if os.path.isfile(ckpt):
+      with np.load(ckpt) as saved:
+        tables = (jnp.asarray(saved["w_in"]), jnp.asarray(saved["w_out"]))
+        epoch, chunk, batches = int(saved["epoch"]), int(saved["chunk"]), int(saved["batches"])
+      log.info("flaxbert: resuming at epoch %d, chunk %d", epoch + 1, chunk)
+    else:
+      w_in = jax.random.uniform(jax.random.fold_in(key, 0), (n_words + buckets, cfg.dim),
+                                minval=-0.5 / cfg.dim, maxval=0.5 / cfg.dim)
+      tables = (w_in, jnp.zeros((n_words, cfg.dim), jnp.float32))
+      epoch, chunk, batches = 0, 0, 0
+    statics = dict(word_rows=jnp.asarray(word_rows), word_mask=jnp.asarray(word_mask),
+                   negatives_table=jnp.asarray(vocab.negative_table(corpus.counts)),
+                   seed_key=jax.random.fold_in(key, 1), negative=cfg.negative)
+    writer = MetricsWriter(run.workdir, batches, enabled=True)
+    start, trained_words, calls = time.perf_counter(), 0, 0
+    per_chunk = cfg.batch_size * cfg.chunk
+    try:
+      while epoch < cfg.epochs:
+        inputs, outputs = examples.epoch_examples(cfg.model, corpus.tokens, corpus.sentences,
+                                                  keep, cfg.window, cfg.seed, epoch)
+        n_chunks = -(-len(outputs) // per_chunk)
+        pad = n_chunks * per_chunk - len(outputs)
+        valid = np.concatenate([np.ones(len(outputs), bool), np.zeros(pad, bool)])
+        inputs = np.concatenate([inputs, np.full((pad, inputs.shape[1]), -1, np.int32)])
+        outputs = np.concatenate([outputs, np.zeros(pad, np.int32)])
+        shape = (n_chunks, cfg.chunk, cfg.batch_size)
+        inputs, outputs, valid = (inputs.reshape(*shape, -1), outputs.reshape(shape),
+                                  valid.reshape(shape))
+        bar = progress_bar(n_chunks, f"epoch {epoch + 1}/{cfg.epochs}", unit="chunk",
+                           initial=chunk, disable=not cfg.progress)
+        while chunk < n_chunks:
+          lrs = _learning_rates(cfg, epoch, chunk * cfg.chunk, cfg.chunk,
+                                n_chunks * cfg.chunk)
+          tables, loss, pairs = train_chunk(tables, inputs[chunk], outputs[chunk], lrs,
+                                            valid[chunk], batches, **statics)
+          chunk += 1
+          batches += cfg.chunk
+          calls += 1
+          trained_words += corpus.raw_words / n_chunks
+          loss, pairs = float(loss), float(pairs)
+          elapsed = time.perf_counter() - start
+          writer.write(batches, {"loss": loss / max(pairs, 1.0), "learning_rate": float(lrs[-1]),
+                                 "epoch": epoch + chunk / n_chunks,
+                                 "words_per_s": trained_words / elapsed})
+          bar.update(1)
+          if chunk == n_chunks:
+            epoch, chunk = epoch + 1, 0
+          if chunk == 0 or calls % cfg.checkpoint_every == 0:
+            _save_checkpoint(ckpt, tables, epoch, chunk, batches)
+          if stop_after_chunks is not None and calls >= stop_after_chunks:
+            _save_checkpoint(ckpt, tables, epoch, chunk, batches)
+            bar.close()
+            return {"stopped": True, "epoch": epoch, "chunk": chunk}
+          if chunk == 0:
+            break
+        bar.close()
+    finally:
+      writer.close()
+    elapsed = time.perf_counter() - start
+    w_in, w_out = jax.device_get(tables)
+    vectors = (w_in[word_rows] * word_mask[..., None]).sum(1) / word_mask.sum(1, keepdims=True)
+    _save_atomically(run.path(VECTORS),
+                     lambda tmp: formats.write_word2vec_text(tmp, corpus.words, vectors))
+    if buckets:
+      _save_atomically(run.path(SUBWORDS), lambda tmp: formats.write_subwords(
+          tmp, w_in[n_words:], cfg.min_n, cfg.max_n))
+    summary = {"vectors": run.path(VECTORS), "vocabulary": n_words,
+               "raw_words": int(corpus.raw_words), "epochs": cfg.epochs,
+               "seconds": elapsed, "words_per_s": trained_words / elapsed if calls else None}
+    run.record(result=summary)
+    return summary
