@@ -6,7 +6,7 @@ load average.
 
     python bench/wordvec_vs_gensim.py --corpus /work/shared/data/corpus/kjv.txt
         [--model skipgram|cbow] [--dim 100] [--window 5] [--negative 5] [--min-count 5]
-        [--epochs 5] [--batch-size 4096] [--workers 2] [--order flaxbert,gensim]
+        [--epochs 5] [--batch-size 4096] [--shared-negatives 16] [--workers 2] [--order flaxbert,gensim]
 
 The corpus is lower-cased and cut to letters first (both read the same cleaned file, one
 sentence per line). gensim's test data gives the evaluation files (pip install gensim).
@@ -53,7 +53,7 @@ def run_flaxbert(args, corpus, tmp):
   cfg = WordvecConfig(corpus=(corpus,), workdir=os.path.join(tmp, "flaxbert"),
                       model=args.model, dim=args.dim, window=args.window,
                       negative=args.negative, min_count=args.min_count, epochs=args.epochs,
-                      batch_size=args.batch_size, seed=args.seed, progress=False)
+                      batch_size=args.batch_size, shared_negatives=args.shared_negatives, seed=args.seed, progress=False)
   summary = train(cfg)
   vectors = formats.read_vectors(summary["vectors"])
   return {"seconds": summary["seconds"], "vocabulary": summary["vocabulary"],
@@ -84,10 +84,12 @@ def main():
   p.add_argument("--min-count", type=int, default=5)
   p.add_argument("--epochs", type=int, default=5)
   p.add_argument("--batch-size", type=int, default=4096)
+  p.add_argument("--shared-negatives", type=int, default=16)
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--seed", type=int, default=1)
   p.add_argument("--order", default="flaxbert,gensim")
   args = p.parse_args()
+  load_before = os.getloadavg()
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, "corpus.txt")
     raw_words = clean_corpus(args.corpus, corpus)
@@ -96,7 +98,7 @@ def main():
       results[name] = {"flaxbert": run_flaxbert, "gensim": run_gensim}[name](args, corpus, tmp)
       results[name]["words_per_s"] = raw_words * args.epochs / results[name]["seconds"]
   out = {"corpus": args.corpus, "raw_words": raw_words, "settings": vars(args),
-         "gensim_version": gensim.__version__, "load_average": os.getloadavg(), **results,
+         "gensim_version": gensim.__version__, "load_average_before": load_before, **results,
          "words_per_s_ratio_flaxbert_over_gensim":
              results["flaxbert"]["words_per_s"] / results["gensim"]["words_per_s"],
          "load_average_after": os.getloadavg()}

@@ -15,6 +15,7 @@ of an uninterrupted one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -52,6 +53,7 @@ class WordvecConfig:
   alpha: float = 0.025
   min_alpha: float = 0.0001
   batch_size: int = 4096
+  shared_negatives: int = 16   # examples drawing one set of negatives (step.py); 1: word2vec's
   subword: bool = False
   buckets: int = 200_000
   min_n: int = 3
@@ -59,16 +61,20 @@ class WordvecConfig:
   seed: int = 1
   chunk: int = dataclasses.field(default=64, metadata={"identity": False})
   checkpoint_every: int = dataclasses.field(default=50, metadata={"identity": False})
+  log_every: int = dataclasses.field(default=10, metadata={"identity": False})
   progress: bool = dataclasses.field(default=True, metadata={"identity": False})
 
 
 def check_config(cfg: WordvecConfig, mesh=None) -> None:
   if cfg.model not in ("skipgram", "cbow"):
     raise FlaxbertError(f"--model {cfg.model}: use skipgram or cbow")
-  for name in ("dim", "window", "negative", "min_count", "epochs", "batch_size", "chunk",
-               "checkpoint_every"):
+  for name in ("dim", "window", "negative", "min_count", "epochs", "batch_size", "shared_negatives", "chunk",
+               "checkpoint_every", "log_every"):
     if getattr(cfg, name) < 1:
       raise FlaxbertError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+  if cfg.batch_size % cfg.shared_negatives:
+    raise FlaxbertError(f"--batch-size {cfg.batch_size}: must be a multiple of "
+                        f"--shared-negatives {cfg.shared_negatives}")
   if not 0 < cfg.min_alpha <= cfg.alpha:
     raise FlaxbertError(f"--alpha {cfg.alpha} / --min-alpha {cfg.min_alpha}: need "
                         "0 < min-alpha <= alpha")
@@ -101,11 +107,27 @@ def _learning_rates(cfg, epoch: int, first: int, count: int, per_epoch: int) -> 
   return np.maximum(cfg.alpha * (1 - progress), cfg.min_alpha).astype(np.float32)
 
 
+def _epoch_batches(cfg, corpus, keep, epoch: int):
+  """(inputs [n,C,B,k], outputs [n,C,B], valid [n,C,B]): the epoch's examples in n chunks of
+  C batches, the last padded with invalid examples."""
+  inputs, outputs = examples.epoch_examples(cfg.model, corpus.tokens, corpus.sentences, keep,
+                                            cfg.window, cfg.seed, epoch)
+  per_chunk = cfg.batch_size * cfg.chunk
+  n_chunks = -(-len(outputs) // per_chunk)
+  pad = n_chunks * per_chunk - len(outputs)
+  valid = np.concatenate([np.ones(len(outputs), bool), np.zeros(pad, bool)])
+  inputs = np.concatenate([inputs, np.full((pad, inputs.shape[1]), -1, np.int32)])
+  outputs = np.concatenate([outputs, np.zeros(pad, np.int32)])
+  shape = (n_chunks, cfg.chunk, cfg.batch_size)
+  return inputs.reshape(*shape, -1), outputs.reshape(shape), valid.reshape(shape)
+
+
 def train(cfg: WordvecConfig, stop_after_chunks: int | None = None) -> dict:
   """Trains (or resumes) the run in cfg.workdir; returns a summary. stop_after_chunks ends
   the call early, as an interruption would (after a checkpoint)."""
   cfg = dataclasses.replace(cfg, workdir=os.path.abspath(cfg.workdir))
-  with open_run(cfg, kind="wordvec", check=check_config) as run:
+  with open_run(cfg, kind="wordvec", check=check_config) as run, \
+      concurrent.futures.ThreadPoolExecutor(1) as prefetch:
     corpus = vocab.read_corpus(list(cfg.corpus), cfg.min_count)
     n_words = len(corpus.words)
     buckets = cfg.buckets if cfg.subword else 0
@@ -126,54 +148,50 @@ def train(cfg: WordvecConfig, stop_after_chunks: int | None = None) -> dict:
       epoch, chunk, batches = 0, 0, 0
     statics = dict(word_rows=jnp.asarray(word_rows), word_mask=jnp.asarray(word_mask),
                    negatives_table=jnp.asarray(vocab.negative_table(corpus.counts)),
-                   seed_key=jax.random.fold_in(key, 1), negative=cfg.negative)
+                   seed_key=jax.random.fold_in(key, 1), negative=cfg.negative,
+                   group=cfg.shared_negatives)
     writer = MetricsWriter(run.workdir, batches, enabled=True)
-    start, trained_words, calls = time.perf_counter(), 0, 0
-    per_chunk = cfg.batch_size * cfg.chunk
+    start, trained_words, calls, sums = time.perf_counter(), 0.0, 0, None
+    upcoming = prefetch.submit(_epoch_batches, cfg, corpus, keep, epoch)
     try:
       while epoch < cfg.epochs:
-        inputs, outputs = examples.epoch_examples(cfg.model, corpus.tokens, corpus.sentences,
-                                                  keep, cfg.window, cfg.seed, epoch)
-        n_chunks = -(-len(outputs) // per_chunk)
-        pad = n_chunks * per_chunk - len(outputs)
-        valid = np.concatenate([np.ones(len(outputs), bool), np.zeros(pad, bool)])
-        inputs = np.concatenate([inputs, np.full((pad, inputs.shape[1]), -1, np.int32)])
-        outputs = np.concatenate([outputs, np.zeros(pad, np.int32)])
-        shape = (n_chunks, cfg.chunk, cfg.batch_size)
-        inputs, outputs, valid = (inputs.reshape(*shape, -1), outputs.reshape(shape),
-                                  valid.reshape(shape))
+        inputs, outputs, valid = upcoming.result()
+        # The next epoch's examples are made on the host while this one trains (the chunks
+        # are dispatched asynchronously).
+        upcoming = prefetch.submit(_epoch_batches, cfg, corpus, keep, epoch + 1)
+        n_chunks = len(outputs)
         bar = progress_bar(n_chunks, f"epoch {epoch + 1}/{cfg.epochs}", unit="chunk",
                            initial=chunk, disable=not cfg.progress)
         while chunk < n_chunks:
-          lrs = _learning_rates(cfg, epoch, chunk * cfg.chunk, cfg.chunk,
-                                n_chunks * cfg.chunk)
+          lrs = _learning_rates(cfg, epoch, chunk * cfg.chunk, cfg.chunk, n_chunks * cfg.chunk)
           tables, loss, pairs = train_chunk(tables, inputs[chunk], outputs[chunk], lrs,
                                             valid[chunk], batches, **statics)
-          chunk += 1
-          batches += cfg.chunk
-          calls += 1
+          chunk, batches, calls = chunk + 1, batches + cfg.chunk, calls + 1
           trained_words += corpus.raw_words / n_chunks
-          loss, pairs = float(loss), float(pairs)
-          elapsed = time.perf_counter() - start
-          writer.write(batches, {"loss": loss / max(pairs, 1.0), "learning_rate": float(lrs[-1]),
-                                 "epoch": epoch + chunk / n_chunks,
-                                 "words_per_s": trained_words / elapsed})
+          # Summed on the device: reading them back each chunk would wait for every chunk.
+          sums = (loss, pairs) if sums is None else (sums[0] + loss, sums[1] + pairs)
+          if calls % cfg.log_every == 0 or chunk == n_chunks:
+            loss, pairs = (float(x) for x in sums)
+            sums = None
+            writer.write(batches, {"loss": loss / max(pairs, 1.0),
+                                   "learning_rate": float(lrs[-1]),
+                                   "epoch": epoch + chunk / n_chunks,
+                                   "words_per_s": trained_words / (time.perf_counter() - start)})
           bar.update(1)
-          if chunk == n_chunks:
-            epoch, chunk = epoch + 1, 0
-          if chunk == 0 or calls % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt, tables, epoch, chunk, batches)
-          if stop_after_chunks is not None and calls >= stop_after_chunks:
-            _save_checkpoint(ckpt, tables, epoch, chunk, batches)
+          at_end = chunk == n_chunks
+          stopping = stop_after_chunks is not None and calls >= stop_after_chunks
+          if at_end or stopping or calls % cfg.checkpoint_every == 0:
+            _save_checkpoint(ckpt, tables, epoch + at_end, 0 if at_end else chunk, batches)
+          if stopping:
             bar.close()
-            return {"stopped": True, "epoch": epoch, "chunk": chunk}
-          if chunk == 0:
-            break
+            return {"stopped": True, "epoch": epoch + at_end, "chunk": 0 if at_end else chunk}
         bar.close()
+        epoch, chunk = epoch + 1, 0
     finally:
       writer.close()
-    elapsed = time.perf_counter() - start
+      upcoming.cancel()
     w_in, w_out = jax.device_get(tables)
+    elapsed = time.perf_counter() - start
     vectors = (w_in[word_rows] * word_mask[..., None]).sum(1) / word_mask.sum(1, keepdims=True)
     _save_atomically(run.path(VECTORS),
                      lambda tmp: formats.write_word2vec_text(tmp, corpus.words, vectors))

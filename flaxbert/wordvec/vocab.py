@@ -76,5 +76,5 @@ def negative_table(counts: np.ndarray, power: float = 0.75,
                    size: int = NEGATIVE_TABLE_SIZE) -> np.ndarray:
   """word ids laid out in proportion to count**power: a uniform index into it is a negative."""
   weights = counts.astype(np.float64) ** power
-  edges = np.cumsum(weights) / weights.sum()
-  return np.searchsorted(edges, (np.arange(size) + 0.5) / size).astype(np.int32)
+  edges = np.round(np.cumsum(weights) / weights.sum() * size).astype(np.int64)
+  return np.repeat(np.arange(len(counts), dtype=np.int32), np.diff(edges, prepend=0))
