@@ -30,6 +30,7 @@ from flaxbert.progress import progress_bar
 from flaxbert.training.metrics import MetricsWriter
 from flaxbert.training.run import RUN_CONFIG, open_run
 from flaxbert.wordvec import examples, formats, subword, vocab
+from flaxbert.wordvec.config import WordvecConfig
 from flaxbert.wordvec.step import train_chunk
 
 log = logging.getLogger("flaxbert")
@@ -37,32 +38,6 @@ log = logging.getLogger("flaxbert")
 CHECKPOINT = "checkpoint.npz"
 VECTORS = "vectors.txt"
 SUBWORDS = "subword.npz"
-
-
-@dataclasses.dataclass(frozen=True)
-class WordvecConfig:
-  corpus: tuple[str, ...]
-  workdir: str
-  model: str = "skipgram"
-  dim: int = 100
-  window: int = 5
-  negative: int = 5
-  min_count: int = 5
-  epochs: int = 5
-  sample: float = 1e-3
-  alpha: float = 0.025
-  min_alpha: float = 0.0001
-  batch_size: int = 4096
-  shared_negatives: int = 16   # examples drawing one set of negatives (step.py); 1: word2vec's
-  subword: bool = False
-  buckets: int = 200_000
-  min_n: int = 3
-  max_n: int = 6
-  seed: int = 1
-  chunk: int = dataclasses.field(default=64, metadata={"identity": False})
-  checkpoint_every: int = dataclasses.field(default=50, metadata={"identity": False})
-  log_every: int = dataclasses.field(default=10, metadata={"identity": False})
-  progress: bool = dataclasses.field(default=True, metadata={"identity": False})
 
 
 def check_config(cfg: WordvecConfig, mesh=None) -> None:
