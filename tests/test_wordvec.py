@@ -179,3 +179,23 @@ def test_cli_train_query_and_faults(topic_corpus, tmp_path):
   rc, _, err = call_cli("wordvec", "convert", out / "vectors.txt", taken / "mine.txt",
                         "--to", "glove")
   assert rc == 2 and "already exists" in err
+
+
+def test_embed_words_gives_bank_a_vector_per_context(minilm_dir, tmp_path):
+  texts = tmp_path / "bank.txt"
+  texts.write_text("the bank of the river\nthe bank to open an account\n"
+                   "we sat on the river bank.\n")
+  out = tmp_path / "words.npz"
+  rc, stdout, _ = call_cli("embed", minilm_dir, "--input", texts, "--output", out, "--words",
+                           "--quiet")
+  assert rc == 0 and "17 word vectors x 384" in stdout
+  saved = np.load(out)
+  words = list(saved["words"])
+  assert words[:5] == ["the", "bank", "of", "the", "river"] and words[-1] == "bank."
+  assert list(saved["text"]) == [0] * 5 + [1] * 6 + [2] * 6
+  unit = saved["vectors"] / np.linalg.norm(saved["vectors"], axis=1, keepdims=True)
+  river, money, river_again = unit[[1, 6, 16]]
+  # A static vector of "bank" has cosine 1.0 with itself by construction; MiniLM's differ,
+  # and the two river banks are closer than a river bank and a money bank.
+  assert river @ money < 0.9
+  assert river @ river_again > river_again @ money + 0.1
