@@ -6,7 +6,7 @@ load average.
 
     python bench/wordvec_vs_gensim.py --corpus /work/shared/data/corpus/kjv.txt
         [--model skipgram|cbow] [--dim 100] [--window 5] [--negative 5] [--min-count 5]
-        [--epochs 5] [--batch-size 4096] [--shared-negatives 16] [--workers 2] [--order flaxbert,gensim]
+        [--epochs 5] [--batch-size 4096] [--shared-negatives 16] [--workers 2] [--order flaxbert,gensim] [--repeats 3]
 
 The corpus is lower-cased and cut to letters first (both read the same cleaned file, one
 sentence per line). gensim's test data gives the evaluation files (pip install gensim).
@@ -27,7 +27,8 @@ from gensim.models import Word2Vec
 from gensim.test.utils import datapath
 
 from flaxbert.wordvec import evaluate, formats
-from flaxbert.wordvec.train import WordvecConfig, train
+from flaxbert.wordvec.config import WordvecConfig
+from flaxbert.wordvec.train import train
 
 
 def clean_corpus(path: str, out: str) -> int:
@@ -50,7 +51,7 @@ def scores(vectors: formats.Vectors) -> dict:
 
 
 def run_flaxbert(args, corpus, tmp):
-  cfg = WordvecConfig(corpus=(corpus,), workdir=os.path.join(tmp, "flaxbert"),
+  cfg = WordvecConfig(corpus=(corpus,), workdir=tmp,
                       model=args.model, dim=args.dim, window=args.window,
                       negative=args.negative, min_count=args.min_count, epochs=args.epochs,
                       batch_size=args.batch_size, shared_negatives=args.shared_negatives, seed=args.seed, progress=False)
@@ -74,6 +75,22 @@ def run_gensim(args, corpus, tmp):
   return {"seconds": seconds, "vocabulary": len(words), **scores(vectors)}
 
 
+def summarise(runs: list[dict]) -> dict:
+  """Median words/s and seconds; scores' mean, min and max over the runs (gensim's threads
+  make its runs differ; flaxbert's are the same for a seed)."""
+  out = {"runs": len(runs), "vocabulary": runs[0]["vocabulary"]}
+  for key in ("seconds", "words_per_s"):
+    out[key] = float(np.median([r[key] for r in runs]))
+  for key in runs[0]:
+    if key.startswith(("wordsim353_spearman", "analogy_3cos")):
+      values = [r[key] for r in runs]
+      out[key] = float(np.mean(values))
+      out[key + "_range"] = [min(values), max(values)]
+  for key in ("wordsim353_oov_pairs", "analogy_seen", "analogy_questions"):
+    out[key] = runs[0][key]
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--corpus", default="/work/shared/data/corpus/kjv.txt")
@@ -88,15 +105,20 @@ def main():
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--seed", type=int, default=1)
   p.add_argument("--order", default="flaxbert,gensim")
+  p.add_argument("--repeats", type=int, default=3, help="runs of each, interleaved")
   args = p.parse_args()
   load_before = os.getloadavg()
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, "corpus.txt")
     raw_words = clean_corpus(args.corpus, corpus)
-    results = {}
-    for name in args.order.split(","):
-      results[name] = {"flaxbert": run_flaxbert, "gensim": run_gensim}[name](args, corpus, tmp)
-      results[name]["words_per_s"] = raw_words * args.epochs / results[name]["seconds"]
+    runs = {name: [] for name in args.order.split(",")}
+    for repeat in range(args.repeats):
+      for name in runs:
+        workdir = os.path.join(tmp, f"{name}-{repeat}")
+        result = {"flaxbert": run_flaxbert, "gensim": run_gensim}[name](args, corpus, workdir)
+        result["words_per_s"] = raw_words * args.epochs / result["seconds"]
+        runs[name].append(result)
+  results = {name: summarise(r) for name, r in runs.items()}
   out = {"corpus": args.corpus, "raw_words": raw_words, "settings": vars(args),
          "gensim_version": gensim.__version__, "load_average_before": load_before, **results,
          "words_per_s_ratio_flaxbert_over_gensim":
