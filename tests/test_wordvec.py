@@ -123,9 +123,10 @@ def test_sampling_tables():
   np.testing.assert_allclose(share, counts ** 0.75 / (counts ** 0.75).sum(), atol=1e-4)
 
 
-@pytest.mark.parametrize("model", ["skipgram", "cbow"])
-def test_training_puts_words_of_a_topic_together(topic_corpus, tmp_path, model):
-  summary = train(_config(topic_corpus, tmp_path / model, model=model))
+@pytest.mark.parametrize("model,shared", [("skipgram", 16), ("cbow", 1)])
+def test_training_puts_words_of_a_topic_together(topic_corpus, tmp_path, model, shared):
+  summary = train(_config(topic_corpus, tmp_path / model, model=model,
+                          shared_negatives=shared))
   vectors = formats.read_vectors(summary["vectors"])
   assert sorted(vectors.words) == sorted(ANIMALS + TOOLS)
   within = np.mean([_cos(vectors, a, b) for a in ANIMALS[:4] for b in ANIMALS[4:]])
