@@ -147,8 +147,9 @@ def read_vectors(path: str) -> Vectors:
   side = path.rsplit("/", 1)[0] + "/subword.npz" if "/" in path else "subword.npz"
   try:
     with np.load(side) as saved:
-      vectors.ngrams = saved["ngrams"]
-      vectors.min_n, vectors.max_n = int(saved["min_n"]), int(saved["max_n"])
+      if saved["ngrams"].shape[1] == matrix.shape[1]:   # the run's, not another file's
+        vectors.ngrams = saved["ngrams"]
+        vectors.min_n, vectors.max_n = int(saved["min_n"]), int(saved["max_n"])
   except FileNotFoundError:
     pass
   return vectors
