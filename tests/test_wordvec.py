@@ -166,7 +166,8 @@ def test_cli_train_query_and_faults(topic_corpus, tmp_path):
   rc, stdout, _ = call_cli("wordvec", "neighbors", out / "vectors.txt", "cat", "-k", "3")
   assert rc == 0 and len(stdout.splitlines()) == 3
   rc, _, err = call_cli("wordvec", "train", *flags[:-1], "--dim", "9")
-  assert rc == 2 and "dim 8 -> 9" in err
+  assert rc == 2 and "dim 8 -> 9" in err and "use another --out" in err
+  assert "no step was trained" not in err
   rc, _, err = call_cli("wordvec", "neighbors", out / "vectors.txt", "unicorn")
   assert rc == 2 and "'unicorn' is not in the vectors' vocabulary" in err
   rc, _, err = call_cli("wordvec", "evaluate", out / "vectors.txt")

@@ -2,8 +2,8 @@
 
     with open_run(cfg, kind="wordvec") as run:   # lock, identity (run_config.json)
       epochs of chunks: jitted train_chunk over `chunk` batches of `batch_size` examples
-      WORKDIR/checkpoint.npz  tables + position, replaced atomically every checkpoint_every
-                              chunks and at each epoch's end
+      WORKDIR/checkpoints/N/state.npz  tables + position after N batches, the newest kept;
+                              every checkpoint_every chunks and at each epoch's end
       WORKDIR/metrics.jsonl, tensorboard/   loss, learning rate, words/s per chunk
       WORKDIR/vectors.txt     word2vec text format, when training ends
       WORKDIR/subword.npz     with --subword: the n-gram bucket rows, for unseen words
@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import shutil
 import time
 
 import jax
@@ -35,7 +36,8 @@ from flaxbert.wordvec.step import train_chunk
 
 log = logging.getLogger("flaxbert")
 
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINTS = "checkpoints"   # checkpoints/<batches trained>/state.npz, the newest kept
+STATE = "state.npz"
 VECTORS = "vectors.txt"
 SUBWORDS = "subword.npz"
 
@@ -68,13 +70,29 @@ def _save_atomically(path: str, write) -> None:
   os.replace(tmp, path)
 
 
-def _save_checkpoint(path, tables, epoch: int, chunk: int, batches: int) -> None:
+def _save_checkpoint(directory, tables, epoch: int, chunk: int, batches: int) -> None:
+  """checkpoints/<batches>/state.npz, made under another name and renamed into place; then
+  the older ones go (a kill at any point leaves a whole newest checkpoint)."""
   w_in, w_out = jax.device_get(tables)
+  os.makedirs(directory, exist_ok=True)
+  final = os.path.join(directory, str(batches))
+  if os.path.isdir(final):
+    return
+  tmp = os.path.join(directory, f".{batches}.partial")
+  shutil.rmtree(tmp, ignore_errors=True)   # ours: a partial checkpoint of a killed run
+  os.makedirs(tmp)
+  with open(os.path.join(tmp, STATE), "wb") as f:
+    np.savez(f, w_in=w_in, w_out=w_out, epoch=epoch, chunk=chunk, batches=batches)
+  os.replace(tmp, final)
+  for name in os.listdir(directory):
+    if name.isdigit() and int(name) < batches:
+      shutil.rmtree(os.path.join(directory, name))
 
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      np.savez(f, w_in=w_in, w_out=w_out, epoch=epoch, chunk=chunk, batches=batches)
-  _save_atomically(path, write)
+
+def _latest_checkpoint(directory) -> str | None:
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] \
+      if os.path.isdir(directory) else []
+  return os.path.join(directory, str(max(steps)), STATE) if steps else None
 
 
 def _learning_rates(cfg, epoch: int, first: int, count: int, per_epoch: int) -> np.ndarray:
@@ -101,7 +119,7 @@ def train(cfg: WordvecConfig, stop_after_chunks: int | None = None) -> dict:
   """Trains (or resumes) the run in cfg.workdir; returns a summary. stop_after_chunks ends
   the call early, as an interruption would (after a checkpoint)."""
   cfg = dataclasses.replace(cfg, workdir=os.path.abspath(cfg.workdir))
-  with open_run(cfg, kind="wordvec", check=check_config) as run, \
+  with open_run(cfg, kind="wordvec", check=check_config, option="--out") as run, \
       concurrent.futures.ThreadPoolExecutor(1) as prefetch:
     corpus = vocab.read_corpus(list(cfg.corpus), cfg.min_count)
     n_words = len(corpus.words)
@@ -109,10 +127,11 @@ def train(cfg: WordvecConfig, stop_after_chunks: int | None = None) -> dict:
     word_rows, word_mask = subword.input_rows(corpus.words, buckets, cfg.min_n, cfg.max_n)
     keep = vocab.keep_probabilities(corpus.counts, cfg.sample)
     run.record(vocabulary=n_words, raw_words=int(corpus.raw_words))
-    ckpt = run.path(CHECKPOINT)
+    ckpt = run.path(CHECKPOINTS)
     key = jax.random.key(cfg.seed)
-    if os.path.isfile(ckpt):
-      with np.load(ckpt) as saved:
+    latest = _latest_checkpoint(ckpt)
+    if latest is not None:
+      with np.load(latest) as saved:
         tables = (jnp.asarray(saved["w_in"]), jnp.asarray(saved["w_out"]))
         epoch, chunk, batches = int(saved["epoch"]), int(saved["chunk"]), int(saved["batches"])
       log.info("flaxbert: resuming at epoch %d, chunk %d", epoch + 1, chunk)
