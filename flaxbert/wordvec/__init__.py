@@ -1,5 +1,6 @@
 """Context-free word vectors: word2vec (skip-gram, CBOW) and fastText-style subword vectors.
 
+  config.py    WordvecConfig: the settings, one flag each
   vocab.py     corpus -> vocabulary, token ids, subsampling and negative-sampling tables
   subword.py   character n-grams of a word hashed into buckets (fastText)
   examples.py  one epoch's training examples: subsampling, dynamic windows, shuffling
