@@ -4,7 +4,7 @@ import importlib
 
 # Order is the order of `flaxbert --help`.
 MODULES = ("pretrain", "finetune", "distill", "predict", "evaluate", "export", "convert", "embed",
-           "fill_mask", "serve", "tokenizer", "report")
+           "fill_mask", "serve", "tokenizer", "wordvec", "report")
 
 
 def register_all(subparsers, argv=()) -> None:

@@ -5,7 +5,34 @@ from __future__ import annotations
 import argparse
 
 
+def run_word_vectors(args) -> None:
+  import os
+
+  import numpy as np
+
+  from flaxbert.errors import FlaxbertError
+  from flaxbert.inference.text_input import read_text_lines
+  from flaxbert.inference.word_vectors import word_vectors
+  rows = read_text_lines(args.input)
+  if any(b is not None for _, b in rows):
+    raise FlaxbertError(f"{args.input}: --words takes one text per line, not tab-separated "
+                        "pairs")
+  texts = [a for a, _ in rows]
+  result = word_vectors(args.bundle, texts, max_length=args.max_length,
+                        batch_size=args.batch_size, show_progress=not args.quiet)
+  words = [w for ws, _ in result for w in ws]
+  vectors = np.concatenate([v for _, v in result])
+  text = np.concatenate([np.full(len(ws), n, np.int32) for n, (ws, _) in enumerate(result)])
+  tmp = args.output + ".partial.npz"   # a kill never leaves a truncated .npz behind
+  np.savez(tmp, vectors=vectors, words=np.array(words), text=text)
+  os.replace(tmp, args.output)
+  print(f"wrote {args.output}: {len(words)} word vectors x {vectors.shape[1]} from "
+        f"{len(texts)} texts (mean of each word's sub-tokens, last layer)")
+
+
 def run_embed(args) -> None:
+  if args.words:
+    return run_word_vectors(args)
   from flaxbert.inference.embed import embed_file, parse_layers, resolve_pooling
   from flaxbert import bundle as bundle_lib
   bundle = bundle_lib.load(args.bundle)
@@ -44,5 +71,8 @@ def register(sub) -> None:
                  help="hidden states averaged before pooling: -1 the last layer (default), "
                  "-4 -3 -2 -1 (or --layers=-4,-3,-2,-1) the last four, 0 the embeddings' "
                  "output")
+  p.add_argument("--words", action="store_true", help="instead: one contextual vector per "
+                 "whitespace-separated word (the mean of its sub-tokens' last-layer states); "
+                 "the .npz holds vectors, words and text (the line of each word, from 0)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=run_embed)

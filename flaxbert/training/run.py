@@ -88,7 +88,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 class _WorkdirLock:
   """An exclusive, non-blocking flock on WORKDIR/.lock held for the process's run."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, option: str = "--workdir"):
     self.path = os.path.join(workdir, LOCK_FILE)
     self._file = open(self.path, "a+", encoding="utf-8")
     try:
@@ -98,7 +98,7 @@ class _WorkdirLock:
       owner = self._file.read().strip() or "another process"
       self._file.close()
       raise FlaxbertError(f"{workdir}: in use by another flaxbert run ({owner}); wait for it "
-                          "to finish or use another --workdir") from None
+                          f"to finish or use another {option}") from None
     self._file.seek(0)
     self._file.truncate()
     self._file.write(f"pid {os.getpid()}")
@@ -109,19 +109,19 @@ class _WorkdirLock:
     self._file.close()
 
 
-def _check_identity(workdir: str, kind: str, identity: dict) -> dict:
+def _check_identity(workdir: str, kind: str, identity: dict, option: str = "--workdir") -> dict:
   """The workdir's recorded run (or a new record), refusing another kind or settings."""
   path = os.path.join(workdir, RUN_CONFIG)
   if not os.path.isfile(path):
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
       raise FlaxbertError(f"{workdir}: has checkpoints but no {RUN_CONFIG} saying what run "
-                          "made them; use another --workdir")
+                          f"made them; use another {option}")
     return {"kind": kind, "identity": identity}
   record = read_json(path)
   recorded_kind = record.get("kind")
   if recorded_kind is not None and recorded_kind != kind:
     raise FlaxbertError(f"{workdir}: holds a {recorded_kind} run, not a {kind} run; use "
-                        "another --workdir (nothing was changed)")
+                        f"another {option} (nothing was changed)")
   old = record.get("identity")
   if old is None:   # written by an earlier flaxbert: compare what it recorded
     old = {k: v for k, v in record.get("run", {}).items() if k in identity}
@@ -132,7 +132,7 @@ def _check_identity(workdir: str, kind: str, identity: dict) -> dict:
                      and any(n.isdigit() for n in os.listdir(checkpoints)))
     raise FlaxbertError(
         f"{workdir}: was made with other settings ({'; '.join(differences)}); re-run with the "
-        "original settings to resume, or use another --workdir"
+        f"original settings to resume, or use another {option}"
         + (" (no step was trained in it yet)" if untrained else "") + "; nothing was changed")
   record.update(kind=kind, identity=identity)
   return record
@@ -243,9 +243,11 @@ def evaluate_sums(mesh, eval_step, params, batches: Iterable[dict], summarise: C
 
 
 @contextlib.contextmanager
-def open_run(cfg, kind: str, check: Callable[[Any, Any], None] | None = None):
+def open_run(cfg, kind: str, check: Callable[[Any, Any], None] | None = None,
+             option: str = "--workdir"):
   """Opens cfg.workdir for a run of `kind`: mesh, checks, lock, identity (see the module
-  docstring). OSErrors inside the block become one line naming the path."""
+  docstring). OSErrors inside the block become one line naming the path; `option` is the
+  flag that names the workdir, for the messages."""
   workdir = os.path.abspath(cfg.workdir)
   lock = None
   try:
@@ -256,8 +258,8 @@ def open_run(cfg, kind: str, check: Callable[[Any, Any], None] | None = None):
     record = {}
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
-      lock = _WorkdirLock(workdir)
-      record = _check_identity(workdir, kind, identity)
+      lock = _WorkdirLock(workdir, option)
+      record = _check_identity(workdir, kind, identity, option)
       record.setdefault("settings", settings_of(cfg))
       write_json(os.path.join(workdir, RUN_CONFIG), record)
     multihost.barrier("open-workdir")
