@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 
 from flaxbert import bundle as bundle_lib
 from flaxbert.bundle import student as student_lib
@@ -121,10 +120,8 @@ def _distill(run: Run) -> dict:
 
   def with_projection(bundle):
     """The student and, for the hidden-state term, the projection to the teacher's width."""
-    trained = distill_features.StudentWithProjection(
-        bundle.model, teacher.config.hidden_size if features.hidden_weight > 0 else None)
-    params = distill_features.initial_params(
-        trained, bundle.params, jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    trained, params = distill_features.student_with_projection(
+        bundle.model, bundle.params, features, teacher.config.hidden_size, cfg.seed)
     return finetune_lib.Trainee(trained, params, distill_features.STUDENT)
 
   if cfg.cache_teacher:

@@ -83,10 +83,8 @@ def trained_tree(cfg: DistillMLMConfig, student, teacher, features):
   width (distill_features.StudentWithProjection), else the student alone."""
   if not features.enabled:
     return student.model, student.params, None
-  trained = distill_features.StudentWithProjection(
-      student.model, teacher.config.hidden_size if features.hidden_weight > 0 else None)
-  params = distill_features.initial_params(
-      trained, student.params, jax.random.fold_in(jax.random.key(cfg.seed), 1))
+  trained, params = distill_features.student_with_projection(
+      student.model, student.params, features, teacher.config.hidden_size, cfg.seed)
   return trained, params, distill_features.STUDENT
 
 

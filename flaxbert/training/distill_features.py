@@ -87,6 +87,17 @@ def initial_params(trained: StudentWithProjection, student_params, key):
   return params
 
 
+def student_with_projection(student: nn.Module, student_params, settings: FeatureSettings,
+                            teacher_width: int, seed: int):
+  """(the trained tree, its initial parameters) of a feature distillation: the student and,
+  for the hidden-state term, the projection to the teacher's width, freshly initialised from
+  the run's seed (a key of its own, apart from the student's)."""
+  trained = StudentWithProjection(student,
+                                  teacher_width if settings.hidden_weight > 0 else None)
+  return trained, initial_params(trained, student_params,
+                                 jax.random.fold_in(jax.random.key(seed), 1))
+
+
 def apply_sown(model: nn.Module, params, key, *args, **inputs):
   """(outputs, (hidden states, last-layer {"query", "key", "value"})) of one forward pass,
   deterministic without a key, with dropout from it."""
