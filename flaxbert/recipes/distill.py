@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-
 from flaxbert import bundle as bundle_lib
 from flaxbert.bundle import student as student_lib
 from flaxbert.errors import FlaxbertError
