@@ -129,6 +129,11 @@ def summarise_head(head: str):
 # alpha = 0 the loss is the fine-tuning loss (head_sums) exactly. Regression heads have no
 # distribution: their KD term is the squared difference to the teacher's value.
 
+# The batch field of each head's hard label (its leading axis is the examples').
+_LABEL_KEY = {"span_qa": "start_position", "classification": "label", "regression": "label",
+              "tagging": "labels"}
+
+
 def _labelled(head: str, batch):
   """head_weights with unlabelled examples (label -1) weighing 0; tagging labels already do."""
   return head_weights(head, {**batch, "example_weight": _hard_example_weight(head, batch)})
@@ -152,8 +157,7 @@ def distill_weights(head: str, batch):
   if head == "tagging":
     mask = batch["kd_token_mask"] if "kd_token_mask" in batch else (batch["labels"] >= 0)
     return mask.astype(jnp.float32) * _example_weight(batch, mask.shape[0])[:, None]
-  key = {"span_qa": "start_position", "classification": "label", "regression": "label"}[head]
-  return _example_weight(batch, batch[key].shape[0])
+  return _example_weight(batch, batch[_LABEL_KEY[head]].shape[0])
 
 
 def distill_sums(head: str, student, teacher, batch, temperature: float):
@@ -180,8 +184,7 @@ def distill_sums(head: str, student, teacher, batch, temperature: float):
 def _hard_example_weight(head: str, batch):
   """The example weights of the hard-label term: 0 for unlabelled examples (label -1; a
   regression's NaN). Tagging's unlabelled tokens are -1 already (head_weights)."""
-  key = {"span_qa": "start_position", "classification": "label", "regression": "label",
-         "tagging": "labels"}[head]
+  key = _LABEL_KEY[head]
   w = _example_weight(batch, batch[key].shape[0])
   if head in ("classification", "span_qa"):
     w = w * (batch[key] >= 0).astype(jnp.float32)
