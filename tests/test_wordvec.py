@@ -4,13 +4,14 @@ and resumes exactly, the CLI (tiny corpora: each training here takes about a sec
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
 
 from conftest import call_cli
 from flaxbert.errors import FlaxbertError
-from flaxbert.wordvec import evaluate, formats, subword, vocab
+from flaxbert.wordvec import evaluate, formats, step, subword, vocab
 from flaxbert.wordvec.config import WordvecConfig
 from flaxbert.wordvec.train import train
 
@@ -121,6 +122,70 @@ def test_sampling_tables():
   table = vocab.negative_table(counts, size=100_000)
   share = np.bincount(table, minlength=4) / len(table)
   np.testing.assert_allclose(share, counts ** 0.75 / (counts ** 0.75).sum(), atol=1e-4)
+
+
+def _word2vec_batches(tables, inputs, outputs, lrs, valid, rows_of, mask_of, negs):
+  """word2vec's negative-sampling update written plainly in float64, each batch's updates
+  summed from the tables as they were before it (the step's batching)."""
+  w_in, w_out = (t.astype(np.float64) for t in tables)
+  for c in range(len(outputs)):
+    d_in_tab, d_out_tab = np.zeros_like(w_in), np.zeros_like(w_out)
+    group = len(outputs[c]) // len(negs[c])
+    for b, (words, out) in enumerate(zip(inputs[c], outputs[c])):
+      if not valid[c, b]:
+        continue
+      rows = [r for w in words if w >= 0 for r, m in zip(rows_of[w], mask_of[w]) if m]
+      h = w_in[rows].mean(0)
+      g_pos = lrs[c] * (1 - 1 / (1 + np.exp(-h @ w_out[out])))
+      d_in, d_out_tab[out] = g_pos * w_out[out], d_out_tab[out] + g_pos * h
+      for neg in negs[c][b // group]:
+        if neg != out:
+          g = -lrs[c] / (1 + np.exp(-h @ w_out[neg]))
+          d_in, d_out_tab[neg] = d_in + g * w_out[neg], d_out_tab[neg] + g * h
+      for r in rows:
+        d_in_tab[r] += d_in
+    w_in, w_out = w_in + d_in_tab, w_out + d_out_tab
+  return w_in, w_out
+
+
+@pytest.mark.parametrize("case", ["skipgram", "cbow", "subword", "cbow-subword-flat"])
+def test_step_is_word2vecs_update(case, monkeypatch):
+  """The jitted step's fast forms (one direct row, a column at a time, the broadcast scatter
+  past MAX_UNROLLED) against the update written out by hand, negatives drawn as it draws."""
+  rng = np.random.default_rng(3)
+  words, dim, size, group, negative, chunk = [f"w{i}x" for i in range(10)], 6, 16, 4, 3, 2
+  buckets = 0 if case in ("skipgram", "cbow") else 11
+  rows_of, mask_of = subword.input_rows(words, buckets, 2, 3)
+  width = 1 if case in ("skipgram", "subword") else 4
+  inputs = rng.integers(0, len(words), (chunk, size, width)).astype(np.int32)
+  if width > 1:
+    inputs[rng.random(inputs.shape) < 0.3] = -1
+  outputs = rng.integers(0, len(words), (chunk, size)).astype(np.int32)
+  valid = np.ones((chunk, size), bool)
+  valid[-1, -3:] = False
+  inputs[-1, -3:], outputs[-1, -3:] = -1, 0     # padding, as train.py pads the last chunk
+  lrs = np.array([0.5, 0.3], np.float32)        # large, so that a wrong update shows
+  tables = (rng.normal(size=(len(words) + buckets, dim)).astype(np.float32),
+            rng.normal(size=(len(words), dim)).astype(np.float32))
+  table = vocab.negative_table(np.arange(len(words), 0, -1), size=1000)
+  seed_key = jax.random.key(5)
+  if case == "cbow-subword-flat":
+    monkeypatch.setattr(step, "MAX_UNROLLED", 0)
+    step.train_chunk.clear_cache()
+  (w_in, w_out), _, count = step.train_chunk(
+      tuple(np.copy(t) for t in tables), inputs, outputs, lrs, valid, 7, word_rows=rows_of,
+      word_mask=mask_of, negatives_table=table, seed_key=seed_key, negative=negative,
+      group=group)
+  step.train_chunk.clear_cache()
+  negs = [table[np.asarray(jax.random.randint(jax.random.fold_in(seed_key, 7 + c),
+                                              (size // group, negative), 0, len(table)))]
+          for c in range(chunk)]
+  want_in, want_out = _word2vec_batches(tables, inputs, outputs, lrs, valid, rows_of, mask_of,
+                                        negs)
+  assert int(count) == valid.sum()
+  assert np.abs(want_in - tables[0]).max() > 0.1          # the update is not a no-op
+  np.testing.assert_allclose(np.asarray(w_in), want_in, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(w_out), want_out, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("model,shared", [("skipgram", 16), ("cbow", 1)])

@@ -5,7 +5,7 @@ the window's words; with subwords each word adds its n-gram buckets' rows too); 
 word is the positive, and `negative` words drawn from the unigram^0.75 table the negatives;
 with g = lr * (label - sigmoid(h . v)), each output row gets g * h and each input row the
 whole sum of g * v (undivided, as word2vec, gensim and fastText do). A batch's updates are
-summed into the tables with one scatter-add per table: only the rows touched are written.
+summed into the tables by scatter-adds: only the rows touched are written.
 
 Shared negatives (`group` > 1): consecutive examples of a (shuffled) batch form groups of
 `group` that draw one set of negatives together. Each example still meets `negative`
