@@ -7,7 +7,8 @@ same epoch and seed give the same examples, which is what makes a resumed run ex
   neighbours are seen more often than far ones; windows stop at sentence ends;
 - skip-gram: a (context word, centre word) pair per neighbour in the window;
   CBOW: a centre word with its neighbours (a row of 2*window, -1 where there are none);
-- the examples are shuffled, so that a large batch holds unrelated windows.
+- the examples come in corpus order: train.py deals them out to the batches in turn, so that
+  a large batch holds windows from all over the corpus, never neighbouring ones.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ def skipgram_pairs(tokens, sentences, window: int, rng):
     right = same & (b[:-d] >= d)   # token i, centre, sees i+d
     inputs += [tokens[:-d][left], tokens[d:][right]]
     outputs += [tokens[d:][left], tokens[:-d][right]]
-  inputs, outputs = np.concatenate(inputs), np.concatenate(outputs)
-  order = rng.permutation(len(inputs))
-  return inputs[order], outputs[order]
+  return np.concatenate(inputs), np.concatenate(outputs)
 
 
 def cbow_windows(tokens, sentences, window: int, rng):
@@ -48,9 +47,7 @@ def cbow_windows(tokens, sentences, window: int, rng):
     left = same & (b[d:] >= d)
     contexts[d:, window + d - 1] = np.where(left, tokens[:-d], -1)
   has = (contexts >= 0).any(axis=1)
-  contexts, centres = contexts[has], tokens[has]
-  order = rng.permutation(len(centres))
-  return contexts[order], centres[order]
+  return contexts[has], tokens[has]
 
 
 def epoch_examples(model: str, tokens, sentences, keep, window: int, seed: int, epoch: int):

@@ -102,7 +102,12 @@ def _learning_rates(cfg, epoch: int, first: int, count: int, per_epoch: int) -> 
 
 def _epoch_batches(cfg, corpus, keep, epoch: int):
   """(inputs [n,C,B,k], outputs [n,C,B], valid [n,C,B]): the epoch's examples in n chunks of
-  C batches, the last padded with invalid examples."""
+  C batches, padded with invalid examples. The examples are dealt out like cards: of N
+  batches, batch j holds examples j, j + N, j + 2N, ..., windows from all over the corpus.
+  (It replaced a random permutation, which took 3/4 of the example making, its gathers
+  missing the cache: skip-gram on the bench's 2.8M words ran 1.15-1.2x faster on one core, and
+  scored no worse, WordSim 39.2 against 37.9 and analogies 6.9 / 6.2 against 6.8 / 6.0,
+  seeds 1-3.)"""
   inputs, outputs = examples.epoch_examples(cfg.model, corpus.tokens, corpus.sentences, keep,
                                             cfg.window, cfg.seed, epoch)
   per_chunk = cfg.batch_size * cfg.chunk
@@ -112,7 +117,12 @@ def _epoch_batches(cfg, corpus, keep, epoch: int):
   inputs = np.concatenate([inputs, np.full((pad, inputs.shape[1]), -1, np.int32)])
   outputs = np.concatenate([outputs, np.zeros(pad, np.int32)])
   shape = (n_chunks, cfg.chunk, cfg.batch_size)
-  return inputs.reshape(*shape, -1), outputs.reshape(shape), valid.reshape(shape)
+
+  def deal(x):
+    dealt = x.reshape(cfg.batch_size, n_chunks * cfg.chunk, *x.shape[1:]).swapaxes(0, 1)
+    return np.ascontiguousarray(dealt).reshape(*shape, *x.shape[1:])
+
+  return deal(inputs), deal(outputs), deal(valid)
 
 
 def train(cfg: WordvecConfig, stop_after_chunks: int | None = None) -> dict:
