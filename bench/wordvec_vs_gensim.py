@@ -7,22 +7,29 @@ the evaluation files and the load average.
     python bench/wordvec_vs_gensim.py [--corpus FILE ...]
         [--model skipgram|cbow] [--dim 100] [--window 5] [--negative 5] [--min-count 5]
         [--epochs 5] [--batch-size 4096] [--shared-negatives 16] [--workers 2]
-        [--seeds 1] [--order flaxbert,gensim] [--repeats 3]
+        [--seeds 1] [--order flaxbert,gensim] [--repeats 3] [--keep-order]
+        [--save-vectors DIR]
 
 --corpus takes several files and reads the English text of each: a .tsv's English columns
 (wsd_pairs' sentence1 and sentence2, translation's source, sentiment's sentence), a SQuAD
-.json's paragraphs and questions, any other file line by line. Texts repeated within a file
-of a .tsv or .json are kept once (wsd_pairs holds each example sentence in two pairs; the
-KJV's repeated verses stay). The default, MIXED, is
-the KJV with the modern English of /work/shared/data (WordNet example sentences and glosses,
-dictionary headwords and example phrases, tweets, WordNet QA paragraphs): the KJV alone
-holds 48 of WordSim's 353 pairs and 906 of the 19,544 analogies.
+.json's paragraphs and questions, any other file line by line. Texts repeated within a .tsv
+or .json are kept once (wsd_pairs holds each example sentence in two pairs; the KJV's
+repeated verses stay). The default, MIXED, is the KJV with the modern English of
+/work/shared/data (WordNet example sentences and glosses, dictionary headwords and example
+phrases, tweets, WordNet QA paragraphs): the KJV alone holds 48 of WordSim's 353 pairs and
+906 of the 19,544 analogies.
 
-The text is lower-cased and cut to letters first (both libraries read the same cleaned file,
-one text per line). gensim's test data gives the evaluation files. flaxbert's time includes
-its jit compile and its per-epoch example making; gensim's its threads' start; neither
-includes reading the corpus and building the vocabulary. Each seed of --seeds trains both
-libraries once per repeat; the scores are the mean over seeds and repeats.
+The text is lower-cased and cut to letters first, and its lines shuffled (seed 0; both
+libraries read the same cleaned file, one text per line). The shuffle matters to gensim, not
+to flaxbert: gensim walks the corpus in order with a falling learning rate, so the files at
+the end of each pass weigh most (in the files' order, --keep-order, the modern-English files
+come last and gensim's skip-gram scores 3.6 WordSim points more than on the shuffled lines,
+seed 1); flaxbert deals each epoch's examples out over all its batches.
+
+gensim's test data gives the evaluation files. flaxbert's time includes its jit compile and
+its per-epoch example making; gensim's its threads' start; neither includes reading the
+corpus and building the vocabulary. Each seed of --seeds trains both libraries once per
+repeat; the scores are the mean over seeds and repeats.
 """
 
 import argparse
@@ -73,20 +80,24 @@ def english_texts(path: str):
       yield from f
 
 
-def clean_corpus(paths: list[str], out: str) -> dict:
-  """Writes the corpus, lower-cased letters, one text per line; returns words per file."""
-  words = {}
+def clean_corpus(paths: list[str], out: str, keep_order: bool = False) -> dict:
+  """Writes the corpus, lower-cased letters, one text per line, the lines shuffled (seed 0)
+  unless keep_order; returns words per file."""
+  words, lines = {}, []
+  for path in paths:
+    seen, words[path] = set(), 0
+    structured = path.endswith((".tsv", ".json"))
+    for text in english_texts(path):
+      tokens = re.findall(r"[a-z]+", text.lower())
+      line = " ".join(tokens)
+      if tokens and not (structured and line in seen):
+        seen.add(line)
+        lines.append(line + "\n")
+        words[path] += len(tokens)
+  if not keep_order:
+    lines = [lines[i] for i in np.random.default_rng(0).permutation(len(lines))]
   with open(out, "w", encoding="utf-8") as g:
-    for path in paths:
-      seen, words[path] = set(), 0
-      structured = path.endswith((".tsv", ".json"))
-      for text in english_texts(path):
-        tokens = re.findall(r"[a-z]+", text.lower())
-        line = " ".join(tokens)
-        if tokens and not (structured and line in seen):
-          seen.add(line)
-          g.write(line + "\n")
-          words[path] += len(tokens)
+    g.writelines(lines)
   return words
 
 
@@ -155,6 +166,8 @@ def main():
   p.add_argument("--seeds", type=int, nargs="+", default=[1])
   p.add_argument("--order", default="flaxbert,gensim")
   p.add_argument("--repeats", type=int, default=3, help="runs of each, interleaved")
+  p.add_argument("--keep-order", action="store_true", help="the corpus's lines in the files' "
+                 "order, not shuffled (see the module's docstring)")
   p.add_argument("--save-vectors", metavar="DIR", help="a new directory for the last run's "
                  "vectors of each library (word2vec text: DIR/flaxbert.txt, DIR/gensim.txt)")
   args = p.parse_args()
@@ -163,7 +176,7 @@ def main():
   load_before = os.getloadavg()
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, "corpus.txt")
-    file_words = clean_corpus(args.corpus, corpus)
+    file_words = clean_corpus(args.corpus, corpus, args.keep_order)
     raw_words = sum(file_words.values())
     runs = {name: [] for name in args.order.split(",")}
     last = {}
