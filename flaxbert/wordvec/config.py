@@ -29,7 +29,7 @@ class WordvecConfig:
   alpha: float = setting(0.025, help="initial learning rate, falling linearly to --min-alpha")
   min_alpha: float = setting(0.0001, help="final learning rate")
   batch_size: int = setting(4096, help="examples per update, summed into the tables at once")
-  shared_negatives: int = setting(16, help="consecutive examples of a shuffled batch that "
+  shared_negatives: int = setting(16, help="consecutive examples of a batch that "
                                   "draw one set of negatives (each still sees --negative "
                                   "draws; 1: word2vec's sampling, slower on CPUs)")
   subword: bool = setting(False, help="fastText-style: a word's vector is the mean of its "

@@ -7,12 +7,11 @@ with g = lr * (label - sigmoid(h . v)), each output row gets g * h and each inpu
 whole sum of g * v (undivided, as word2vec, gensim and fastText do). A batch's updates are
 summed into the tables by scatter-adds: only the rows touched are written.
 
-Shared negatives (`group` > 1): consecutive examples of a (shuffled) batch form groups of
-`group` that draw one set of negatives together. Each example still meets `negative`
-independent draws from the unigram^0.75 distribution, but a group's negative rows are read
-and written once instead of `group` times: the gathers and scatters that dominate the step
-on a CPU shrink from 2 + negative rows per example to 2 + negative / group. group=1 is
-word2vec's own sampling.
+Shared negatives (`group` > 1): consecutive examples of a batch (far apart in the corpus)
+form groups of `group` that draw one set of negatives together. Each example still meets
+`negative` independent draws from the unigram^0.75 distribution, but a group's negative rows
+are read and written once instead of `group` times (2 + negative / group rows per example
+instead of 2 + negative). group=1 is word2vec's own sampling.
 """
 
 from __future__ import annotations
