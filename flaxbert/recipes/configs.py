@@ -64,7 +64,7 @@ SHARED: dict[str, dict[str, Any]] = {
     "workdir": dict(metavar="DIR", help="run directory: checkpoints, metrics.jsonl, bundle/; re-running the "
                     "same command resumes the run"),
     "model": dict(flag="--config", metavar="PRESET", help="model preset: tiny, bert_12_768_12, bert_24_1024_16 "
-                  "or an HF config.json for BERT; tiny or transformer_base for an "
+                  "or an HF config.json for BERT; tiny, small or transformer_base for an "
                   "encoder-decoder"),
     "overrides": dict(flag="--set", metavar="KEY=VALUE", help="model config field, repeatable, "
                       "e.g. --set dtype=bfloat16 --set remat=true; values are read as JSON where "
@@ -375,26 +375,30 @@ class Seq2SeqConfig:
   init: str | None = setting(None, metavar="BUNDLE", help="encoder-decoder bundle to start "
                              "from (its tokenizer and config are used)",
                              default_help="a fresh model of --config")
-  model: str = shared("model", "tiny")
+  # The defaults are a recipe that learns in half an hour on 2 CPU cores (README, "Encoder-
+  # decoder"): on the English-German dictionary phrases a 2,000-piece vocabulary beat 8,000
+  # (chrF 10.9 against 9.9 after 1,000 steps, and faster), and the `small` model at 3e-3
+  # beat 256 wide at 2e-3 at equal wall time.
+  model: str = shared("model", "small")
   overrides: tuple[tuple[str, Any], ...] = shared("overrides", ())
-  vocab_size: int = shared("vocab_size", 8000)
+  vocab_size: int = shared("vocab_size", 2000)
   max_source_length: int = setting(64, help="source tokens per pair")
   max_target_length: int = setting(64, help="target tokens per pair")
-  steps: int = shared("steps", 1000)
-  batch_size: int = shared("batch_size", 32)
+  steps: int = shared("steps", 5000)
+  batch_size: int = shared("batch_size", 64)
   bucket_by_length: bool = setting(
       True, flag="--no-length-buckets", help="batch pairs in plain shuffled order, padded to "
       "the maximum lengths (default: batches of similar lengths with padding cut to multiples "
       "of 8)")
   mesh: str | None = shared("mesh", None)
-  learning_rate: float = shared("learning_rate", 1e-3)
+  learning_rate: float = shared("learning_rate", 3e-3)
   warmup_steps: int | None = shared("warmup_steps", None)
   weight_decay: float = shared("weight_decay", 0.0)
   clip_norm: float = shared("clip_norm", 1.0)
   label_smoothing: float = setting(0.1, help="label smoothing of the training loss")
   seed: int = shared("seed", 0)
   log_every: int = shared("log_every", 10)
-  eval_every: int = shared("eval_every", 200)
+  eval_every: int = shared("eval_every", 1000)
   eval_examples: int | None = setting(None, metavar="N", identity=False, default_help="all",
                                       help="decode only the first N dev pairs (the loss is "
                                       "computed on all)")
