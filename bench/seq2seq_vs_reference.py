@@ -63,7 +63,9 @@ from flaxbert.recipes.seq2seq import model_config, real_tokens
 from flaxbert.tasks.seq2seq import encode_sources, read_texts, score, translate
 from flaxbert.training import objectives, optim
 
-DATA = "/work/shared/data/translation"
+# The checkout's ../shared/data/translation (see its README).
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                    "shared", "data", "translation")
 
 
 def parse_args():

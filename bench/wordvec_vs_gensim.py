@@ -15,7 +15,7 @@ the evaluation files and the load average.
 .json's paragraphs and questions, any other file line by line. Texts repeated within a .tsv
 or .json are kept once (wsd_pairs holds each example sentence in two pairs; the KJV's
 repeated verses stay). The default, MIXED, is the KJV with the modern English of
-/work/shared/data (WordNet example sentences and glosses, dictionary headwords and example
+../shared/data (WordNet example sentences and glosses, dictionary headwords and example
 phrases, tweets, WordNet QA paragraphs): the KJV alone holds 48 of WordSim's 353 pairs and
 906 of the 19,544 analogies.
 
@@ -53,7 +53,9 @@ from flaxbert.wordvec.config import WordvecConfig
 from flaxbert.wordvec.train import train
 
 
-DATA = "/work/shared/data"
+# The checkout's ../shared/data (see its README).
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                    "shared", "data")
 MIXED = [f"{DATA}/corpus/kjv.txt"] + [f"{DATA}/{name}/{split}" for name, splits in (
     ("wsd_pairs", ("train.tsv", "dev.tsv")), ("sentiment", ("train.tsv", "dev.tsv")),
     ("translation", ("train.tsv", "dev.tsv", "examples_train.tsv", "examples_dev.tsv")),
